@@ -1,0 +1,143 @@
+"""Character vocabulary: the one string <-> id boundary of tfchargen.
+
+File format (``vocab.txt``, UTF-8, one entry per line, line number = id):
+
+    line 0        <pad>     padding, never a target, never sampled
+    lines 1..N    the distinct characters of the training text, sorted by code point
+    line N+1      <eos>     end of sequence: the last target of every example
+
+Rules every stage shares (training, evaluation, the exported SavedModel):
+
+* Text is handled as Unicode code points, never bytes. Invalid UTF-8 is replaced by
+  U+FFFD before anything else, so no input can crash the lookup.
+* Line-breaking and control whitespace (``\\t \\n \\r \\v \\f``, U+0085, U+2028, U+2029)
+  becomes a plain space: one example is one line, and the vocabulary file stays one
+  entry per line in any language's line reader.
+* A character that is not in the vocabulary is **dropped** from the model's input (and
+  so is not scored by evaluation; ``evaluate`` reports how many were dropped). It is
+  never mapped to padding and never crashes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+PAD = "<pad>"
+EOS = "<eos>"
+PAD_ID = 0
+FILENAME = "vocab.txt"
+
+# RE2 class of characters that become a plain space (see module docstring).
+_SPACE_LIKE = r"[\t\n\r\x0B\x0C\x{0085}\x{2028}\x{2029}]"
+_REPLACEMENT_CHAR = 0xFFFD
+
+
+def normalize(text: tf.Tensor) -> tf.Tensor:
+    """Valid UTF-8 with control whitespace turned into spaces (any shape of tf.string)."""
+    text = tf.strings.unicode_transcode(
+        text, "UTF-8", "UTF-8", errors="replace", replacement_char=_REPLACEMENT_CHAR
+    )
+    return tf.strings.regex_replace(text, _SPACE_LIKE, " ")
+
+
+def normalize_py(text: str) -> str:
+    """The Python twin of :func:`normalize`, for building the vocabulary."""
+    for ch in "\t\n\r\x0b\x0c\x85\u2028\u2029":
+        text = text.replace(ch, " ")
+    return text
+
+
+class Vocabulary:
+    """Character vocabulary with `tf.lookup.StaticHashTable`s in both directions.
+
+    Args:
+        path: a ``vocab.txt`` file in the format of this module's docstring.
+
+    Example:
+    >>> v = Vocabulary.build(["Today ", "Tomorrow"], "/tmp/v")   # doctest: +SKIP
+    >>> v.encode(tf.constant(["Tod"])).to_list()                  # doctest: +SKIP
+    [[4, 6, 2]]
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, encoding="utf-8") as f:
+            entries = f.read().split("\n")
+        if entries and entries[-1] == "":
+            entries.pop()
+        if len(entries) < 2 or entries[0] != PAD or entries[-1] != EOS:
+            raise ValueError(
+                f"{path}: not a tfchargen vocabulary (first line must be {PAD}, last {EOS})"
+            )
+        bad = [e for e in entries[1:-1] if len(e) != 1]
+        if bad:
+            raise ValueError(f"{path}: entries must be single characters, got {bad[:3]!r}")
+        self.chars = entries[1:-1]
+        self.size = len(entries)
+        self.eos_id = len(entries) - 1
+        # Both tables read the same file: line number <-> whole line.
+        self.char_to_id = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                path,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
+            default_value=-1,
+        )
+        self.id_to_char = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                path,
+                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+            ),
+            default_value="",
+        )
+
+    @classmethod
+    def build(cls, texts, directory: str) -> "Vocabulary":
+        """Writes ``directory/vocab.txt`` from an iterable of str/bytes and loads it."""
+        chars: set[str] = set()
+        for t in texts:
+            if isinstance(t, bytes):
+                t = t.decode("utf-8", errors="replace")
+            chars.update(normalize_py(t))
+        chars.discard("")
+        if not chars:
+            raise ValueError("cannot build a vocabulary: the training text is empty")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, FILENAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.write("\n".join([PAD, *sorted(chars), EOS]) + "\n")
+        os.replace(tmp, path)  # atomic: a reader never sees half a vocabulary
+        return cls(path)
+
+    def chars_of(self, text: tf.Tensor) -> tf.RaggedTensor:
+        """[B] strings -> [B, (chars)] one-character strings, after normalization."""
+        return tf.strings.unicode_split(normalize(text), "UTF-8", errors="replace")
+
+    def encode(self, text: tf.Tensor) -> tf.RaggedTensor:
+        """[B] strings -> [B, (len)] int32 ids; unknown characters are dropped."""
+        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, self.chars_of(text))
+        ids = tf.ragged.boolean_mask(ids, ids >= 0)
+        return tf.cast(ids, tf.int32)
+
+    def count_unknown(self, text: tf.Tensor) -> tf.Tensor:
+        """Number of characters per string that the vocabulary does not know."""
+        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, self.chars_of(text))
+        return tf.reduce_sum(tf.cast(ids < 0, tf.int32), axis=-1)
+
+    def decode(self, ids) -> tf.Tensor:
+        """[B, T] (dense or ragged) ids -> [B] strings; pad and eos decode to nothing."""
+        ids = tf.cast(ids, tf.int64)
+        keep = (ids > PAD_ID) & (ids < self.eos_id)
+        ids = tf.ragged.boolean_mask(ids, keep)
+        chars = tf.ragged.map_flat_values(self.id_to_char.lookup, ids)
+        return tf.strings.reduce_join(chars, axis=-1)
+
+    def decode_py(self, ids) -> str:
+        """One sequence of ids -> str in plain Python (tests, reference code)."""
+        return "".join(self.chars[i - 1] for i in np.asarray(ids).tolist() if 0 < i < self.eos_id)
