@@ -1,0 +1,276 @@
+"""Training throughput: the teaching example vs. tfchargen, same data, same run.
+
+    python benchmarks/train_throughput.py                      # 120 s per variant
+    python benchmarks/train_throughput.py --budget-seconds 10 --out /tmp/tt.json
+
+Variants, each trained for the same wall-clock budget on CSV rows 1..6000 (titles):
+
+    teaching      benchmarks/teaching_baseline.py: py_function one-hot batches of 8,
+                  Masking + LSTM(128) + softmax Dense, categorical_crossentropy, Adam
+    tfchargen_b8  tfchargen at the same config: one LSTM(128) over one-hot, batch 8,
+                  examples mode (bucketed by length, padding masked and ignored)
+    tuned         tfchargen, same model, a throughput config: by default windows mode
+                  (titles joined by <eos>, cut into 256-char windows), batch 64
+
+Reported per variant: characters/second (real target characters, never padding, after
+the first --warmup-steps steps so tracing is excluded), ms/step, steps done, held-out
+nats/char on rows 6001..7600 (every real target, <eos> included, padding never), and the
+speedup over the teaching example. This is a benchmark, not a test: numbers depend on the
+machine and on whatever else it runs, so the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # teaching_baseline sits next to this file, whatever the cwd
+
+import teaching_baseline  # noqa: E402
+from tfchargen import evaluate, pipeline, sources  # noqa: E402
+from tfchargen import model as model_lib  # noqa: E402
+from tfchargen.train import CharCount  # noqa: E402
+from tfchargen.vocab import Vocabulary  # noqa: E402
+
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
+DEFAULT_OUT = os.path.join(HERE, "results", "train_throughput.json")
+VARIANTS = ("teaching", "tfchargen_b8", "tuned")
+# Minimum chars/s speedup over the teaching example that each variant should reach.
+TARGETS = {"tfchargen_b8": 3.0, "tuned": 10.0}
+
+
+# -----------------------------------------------------------------------------
+# Timing: one callback measures every variant the same way.
+
+class TargetSlots(keras.metrics.Metric):
+    """All target positions, padding included (sparse [B,T] or one-hot [B,T,V] targets):
+    with the real-character count it gives the share of work spent on padding."""
+
+    def __init__(self, one_hot=False, name="slots", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.one_hot = one_hot
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        shape = keras.ops.shape(y_true)
+        n = shape[0] * shape[1]
+        self.count.assign_add(keras.ops.cast(n, "float32"))
+
+    def result(self):
+        return self.count
+
+    def reset_state(self):
+        self.count.assign(0.0)
+
+
+class BudgetTimer(keras.callbacks.Callback):
+    """Records (time, cumulative chars, slots) after every step; stops fit() once the
+    wall-clock budget (tracing and pipeline start-up included) is spent."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.times, self.chars, self.slots = [], [], []
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # float() waits for the step's results, so the timestamp is the step's real end.
+        self.chars.append(float(logs["chars"]))
+        self.slots.append(float(logs["slots"]))
+        self.times.append(time.perf_counter())
+        if self.times[-1] - self.t0 >= self.seconds:
+            self.model.stop_training = True
+
+    def summary(self, warmup):
+        steps = len(self.times)
+        excluded = warmup if steps > warmup else 0  # too few steps: keep all, tracing included
+        if excluded:  # from the end of the last warmup step to the end of the last step
+            t_start, c_start, s_start = (x[excluded - 1] for x in (self.times, self.chars, self.slots))
+        else:
+            t_start, c_start, s_start = self.t0, 0.0, 0.0
+        seconds = self.times[-1] - t_start
+        chars = self.chars[-1] - c_start
+        return {
+            "steps": steps,
+            "train_seconds": self.times[-1] - self.t0,
+            "warmup_steps_excluded": excluded,
+            "timed_steps": steps - excluded,
+            "timed_seconds": seconds,
+            "timed_chars": int(chars),
+            "chars_per_second": chars / seconds,
+            "ms_per_step": 1000.0 * seconds / (steps - excluded),
+            "padding_fraction": 1.0 - chars / max(self.slots[-1] - s_start, 1.0),
+        }
+
+
+def fit_for_budget(model, batches, args):
+    timer = BudgetTimer(args.budget_seconds)
+    # steps_per_epoch is a ceiling only: the timer ends training.
+    model.fit(batches, epochs=1, steps_per_epoch=10**9, callbacks=[timer], verbose=0)
+    return timer.summary(args.warmup_steps)
+
+
+# -----------------------------------------------------------------------------
+# The variants.
+
+def run_teaching(train_list, heldout_list, args):
+    vocab = teaching_baseline.build_vocab(train_list)
+    model = teaching_baseline.build_model(len(vocab) + 1)
+    teaching_baseline.compile_model(
+        model, [teaching_baseline.OneHotCharCount(), TargetSlots(one_hot=True)])
+    stats = fit_for_budget(model, teaching_baseline.dataset(train_list, vocab, 8, args.seed), args)
+    held = teaching_baseline.heldout_nats_per_char(model, heldout_list, vocab)
+    return dict(batch_size=8, mode="examples (unbucketed, py_function one-hot)", vocab_size=len(vocab) + 1,
+                **stats, heldout_nats_per_char=held["nats_per_char"], heldout_chars=held["chars"])
+
+
+def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
+    rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0)
+    rnn.model.compile(  # as tfchargen/train.py compiles it
+        optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
+        metrics=[CharCount(), TargetSlots()],
+    )
+    batches = pipeline.training_dataset(train_text, vocab, mode=mode, batch_size=batch_size,
+                                        window=args.window, seed=args.seed)
+    stats = fit_for_budget(rnn.model, batches, args)
+    held = evaluate.evaluate_dataset(rnn.model, eval_batches)
+    return dict(batch_size=batch_size, mode=mode, learning_rate=lr, vocab_size=vocab.size,
+                **stats, heldout_nats_per_char=held["nats_per_char"], heldout_chars=held["chars"])
+
+
+# -----------------------------------------------------------------------------
+
+def machine_info():
+    return {
+        "cpu_count": os.cpu_count(),
+        "sched_affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "tf_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV (default: %(default)s)")
+    p.add_argument("--budget-seconds", type=float, default=120.0, help="wall-clock training time per variant")
+    p.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the rates (tracing)")
+    p.add_argument("--train-rows", type=int, default=6000, help="rows 1..N train, the rest is held out")
+    # windows mode: no padding at all, and 256-step sequences spread the per-step overhead
+    # (on 2 busy CPU cores it beat examples mode at batch 64-256).
+    p.add_argument("--tuned-batch", type=int, default=64)
+    p.add_argument("--tuned-mode", choices=pipeline.MODES, default="windows")
+    p.add_argument("--tuned-lr", type=float, default=1e-3)
+    p.add_argument("--window", type=int, default=256, help="max example length / window (tfchargen)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    if not os.path.isfile(args.data):
+        p.error(f"no such file: {args.data}")
+
+    # The same cleaned titles feed every variant: tfchargen's CSV reader, then Python lists
+    # for the teaching example (which built its batches from Python strings).
+    n = args.train_rows
+    train_text = sources.load(f"csv:{args.data}[:{n}]", field="title")
+    heldout_text = sources.load(f"csv:{args.data}[{n}:]", field="title")
+    train_list = [t.decode("utf-8") for t in train_text.as_numpy_iterator()]
+    heldout_list = [t.decode("utf-8") for t in heldout_text.as_numpy_iterator()]
+    vocab_dir = tempfile.TemporaryDirectory(prefix="tt_vocab_")
+    vocab = Vocabulary.build(train_list, vocab_dir.name)
+    eval_batches = pipeline.eval_dataset(heldout_text, vocab)
+    print(f"data: {args.data}  train titles {len(train_list)}  held-out titles {len(heldout_list)}  "
+          f"vocab {vocab.size}  budget {args.budget_seconds:g}s/variant")
+
+    load_before = os.getloadavg()
+    results = {}
+    for name in variants:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(args.seed)  # same init and shuffling seed for every variant
+        print(f"[{name}] training for {args.budget_seconds:g}s ...", flush=True)
+        if name == "teaching":
+            r = run_teaching(train_list, heldout_list, args)
+        elif name == "tfchargen_b8":
+            r = run_tfchargen(train_text, eval_batches, vocab, 8, "examples", 1e-3, args)
+        else:
+            r = run_tfchargen(train_text, eval_batches, vocab, args.tuned_batch, args.tuned_mode,
+                              args.tuned_lr, args)
+        results[name] = r
+        print(f"[{name}] {r['steps']} steps, {r['chars_per_second']:.0f} chars/s, "
+              f"{r['ms_per_step']:.1f} ms/step, held-out {r['heldout_nats_per_char']:.4f} nats/char", flush=True)
+
+    base = results.get("teaching")
+    for name, r in results.items():
+        r["speedup_vs_teaching"] = r["chars_per_second"] / base["chars_per_second"] if base else None
+        r["ms_per_step_vs_teaching"] = r["ms_per_step"] / base["ms_per_step"] if base else None
+        if name in TARGETS:
+            r["target_speedup"] = TARGETS[name]
+            r["meets_target"] = bool(base) and r["speedup_vs_teaching"] >= TARGETS[name]
+
+    print(f"\n{'variant':<13} {'batch':>5} {'mode':<9} {'steps':>6} {'ms/step':>8} {'chars/s':>9} "
+          f"{'speedup':>8} {'pad%':>5} {'held-out nats/char':>19}  target")
+    for name, r in results.items():
+        speed = f"{r['speedup_vs_teaching']:.2f}x" if r["speedup_vs_teaching"] else "-"
+        target = "-" if name not in TARGETS else (
+            f">={TARGETS[name]:g}x {'met' if r['meets_target'] else 'MISSED'}")
+        print(f"{name:<13} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6} {r['ms_per_step']:>8.1f} "
+              f"{r['chars_per_second']:>9.0f} {speed:>8} {100 * r['padding_fraction']:>5.1f} "
+              f"{r['heldout_nats_per_char']:>19.4f}  {target}")
+
+    report = {
+        "benchmark": "train_throughput",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {
+            "data": os.path.abspath(args.data), "field": "title",
+            "train_rows": f"1-{n}", "heldout_rows": f"{n + 1}-end",
+            "train_titles": len(train_list), "heldout_titles": len(heldout_list),
+            "budget_seconds": args.budget_seconds, "warmup_steps": args.warmup_steps,
+            "model": "one-hot -> LSTM(128) -> Dense(vocab)", "seed": args.seed,
+            "tuned": {"batch_size": args.tuned_batch, "mode": args.tuned_mode, "learning_rate": args.tuned_lr},
+        },
+        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "definitions": {
+            "chars_per_second": "real (non-padding) target characters trained per second, "
+                                "after the first warmup_steps steps",
+            "heldout_nats_per_char": "sum of -log p over every real target of the held-out titles "
+                                     "(each character after the first, plus <eos>) / their count",
+        },
+        "targets": {k: {"min_speedup_vs_teaching": v,
+                        "meets_target": results[k]["meets_target"] if k in results else None}
+                    for k, v in TARGETS.items()},
+        "variants": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    tmp = args.out + ".tmp"  # write then rename: a reader never sees half a file
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TRAIN
+from tfchargen import model as model_lib
+from tfchargen import pipeline, sources
+from tfchargen.vocab import Vocabulary
+
+
+@pytest.fixture(scope="module")
+def vocab(tmp_path_factory, data_path):
+    ds = sources.load(TRAIN)
+    return Vocabulary.build((t.decode() for t in ds.as_numpy_iterator()), tmp_path_factory.mktemp("v"))
+
+
+def test_targets_are_shifted_inputs_with_eos_last(vocab):
+    titles = [t.decode() for t in sources.load(TRAIN).take(50).as_numpy_iterator()]
+    ds = pipeline.training_dataset(sources.load(TRAIN).take(50), vocab, batch_size=8, seed=1, repeat=False)
+    seen = 0
+    for inputs, targets in ds:
+        x, y = inputs.numpy(), targets.numpy()
+        for row_x, row_y in zip(x, y):
+            n = int((row_x != 0).sum())
+            assert (row_x[n:] == 0).all() and (row_y[n:] == 0).all()  # padding only at the end
+            assert (row_y[:n - 1] == row_x[1:n]).all() and row_y[n - 1] == vocab.eos_id
+            assert vocab.decode_py(row_x[:n]) in titles
+            seen += 1
+    assert seen == 50
+
+
+def test_examples_are_bucketed_by_length(vocab):
+    ds = pipeline.training_dataset(sources.load(TRAIN), vocab, batch_size=32, seed=1, repeat=False)
+    real = total = 0
+    for inputs, _ in ds:
+        real += int(tf.reduce_sum(tf.cast(inputs != 0, tf.int32)))
+        total += int(tf.size(inputs))
+    assert real / total > 0.85, f"only {real / total:.0%} of batch cells are real characters"
+
+
+def test_windows_mode_is_a_padding_free_stream(vocab):
+    ds = pipeline.training_dataset(sources.load(TRAIN).take(200), vocab, mode="windows", window=64,
+                                   batch_size=4, seed=1, repeat=False)
+    x, y = next(iter(ds))
+    assert x.shape == (4, 64) and y.shape == (4, 64)
+    assert not np.any(x.numpy() == 0) and not np.any(y.numpy() == 0)
+    assert (y.numpy()[:, :-1] == x.numpy()[:, 1:]).all()
+    assert np.any(x.numpy() == vocab.eos_id)  # example boundaries are marked with <eos>
+
+
+def test_no_padding_reaches_the_loss(vocab):
+    """One sequence alone and the same sequence padded inside a batch give the same loss."""
+    keras.utils.set_random_seed(0)
+    rnn = model_lib.build(vocab.size, units=16)
+    rnn.model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    texts = tf.constant(["Oil prices rise", "A much longer headline about markets and oil"])
+    ids = vocab.encode(texts)
+    pairs = [pipeline.shift(r, vocab.eos_id) for r in ids]
+    alone_x, alone_y = (t[None] for t in pairs[0])
+    batch_x = tf.ragged.stack([p[0] for p in pairs]).to_tensor()
+    batch_y = tf.ragged.stack([p[1] for p in pairs]).to_tensor()
+    assert int(tf.reduce_sum(tf.cast(batch_x[0] == 0, tf.int32))) > 20  # really padded
+    alone = rnn.model.evaluate(alone_x, alone_y, verbose=0)
+    padded_row = rnn.model.evaluate(batch_x[:1], batch_y[:1], verbose=0)
+    np.testing.assert_allclose(alone, padded_row, rtol=1e-6)
+    # The logits of the real steps do not depend on the padding after them either.
+    np.testing.assert_allclose(rnn.model(alone_x)[0], rnn.model(batch_x)[0, :alone_x.shape[1]], atol=1e-6)
+
+
+def test_stepper_matches_the_full_model(vocab):
+    """One character at a time with carried state gives the full model's logits."""
+    rnn = model_lib.build(vocab.size, cell="gru", num_layers=2, units=16, embedding_dim=8)
+    x = vocab.encode(tf.constant(["Stocks fall"])).to_tensor()
+    states = rnn.zero_states(1)
+    step_logits = []
+    for t in range(x.shape[1]):
+        out = rnn.stepper([x[:, t:t + 1], *states])
+        step_logits.append(out[0])
+        states = out[1:]
+    np.testing.assert_allclose(np.concatenate(step_logits, 1), rnn.model(x), atol=1e-5)

@@ -1,0 +1,122 @@
+"""Training through the real CLI in fresh processes: learning, metrics, resume, evaluate."""
+
+import collections
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import HELDOUT, ROOT, TRAIN, run_cli
+from tfchargen import sources
+from tfchargen.vocab import normalize_py
+
+
+def unigram_entropy(texts):
+    """Entropy (nats) of the training targets' unigram distribution: characters and <eos>."""
+    counts = collections.Counter()
+    for t in texts:
+        counts.update(normalize_py(t)[1:])
+        counts["<eos>"] += 1
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+def test_short_run_beats_unigram_entropy(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert m["chars_per_second"] > 0 and m["train_chars"] > 0 and math.isfinite(m["train_loss"])
+        assert m["eval_bits_per_char"] == pytest.approx(m["eval_nats_per_char"] / math.log(2))
+    train_texts = [t.decode() for t in sources.load(TRAIN).as_numpy_iterator()]
+    h = unigram_entropy(train_texts)
+    assert metrics[-1]["eval_nats_per_char"] < h - 0.1, (metrics[-1], h)
+    files = set(os.listdir(tiny_run))
+    assert {"config.json", "vocab.txt", "metrics.json", "model.weights.h5", "checkpoints", "logs", "backup"} <= files
+    assert sorted(os.listdir(tiny_run / "checkpoints")) == ["epoch-001.weights.h5", "epoch-002.weights.h5"]
+    assert any(f.startswith("events") for _, _, fs in os.walk(tiny_run / "logs" / "eval") for f in fs)
+
+
+def test_evaluate_agrees_with_training_metrics(tiny_run):
+    r = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert out["nats_per_char"] == pytest.approx(metrics[-1]["eval_nats_per_char"], rel=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(out["nats_per_char"]))
+    # Every known character of each held-out title is one target (n-1 chars + <eos>).
+    from tfchargen.vocab import Vocabulary
+    import tensorflow as tf
+    vocab = Vocabulary(str(tiny_run / "vocab.txt"))
+    held = [t for t in sources.load(HELDOUT).as_numpy_iterator()]
+    lengths = vocab.encode(tf.constant(held)).row_lengths().numpy()
+    assert out["chars"] == int(lengths.sum())
+    assert out["unknown_chars"] == int(vocab.count_unknown(tf.constant(held)).numpy().sum())
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
+    run_dir = tmp_path / "resume"
+    args = [sys.executable, "-m", "tfchargen", "train", "--run-dir", str(run_dir), "--train-data", TRAIN,
+            "--units", "16", "--batch-size", "16", "--steps-per-epoch", "40", "--epochs", "3",
+            "--sample-every", "0", "--seed", "5"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "epoch-001.weights.h5").exists():
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the epoch-end callbacks finish writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((run_dir / "metrics.json").read_text())
+    assert done and done[-1]["epoch"] < 3
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
+                "--steps-per-epoch", 40, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first_resumed = done[-1]["epoch"] + 1
+    assert f"Epoch {first_resumed}/3" in r.stdout and "Epoch 1/3" not in r.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[:len(done)] == done  # earlier epochs kept, not rewritten
+    # A finished run re-run with the same command trains nothing more.
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
+                "--steps-per-epoch", 40, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+    assert r.returncode == 0 and "Epoch" not in r.stdout
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_same_seed_same_training(tmp_path, data_path):
+    losses = []
+    for name in ("a", "b"):
+        r = run_cli("train", "--run-dir", tmp_path / name, "--train-data", f"csv:{data_path}[:500]",
+                    "--units", 16, "--batch-size", 16, "--steps-per-epoch", 20, "--sample-every", 0, "--seed", 11)
+        assert r.returncode == 0, r.stderr[-2000:]
+        losses.append(json.loads((tmp_path / name / "metrics.json").read_text())[0]["train_loss"])
+    assert losses[0] == losses[1]
+
+
+def test_cli_help_for_every_subcommand():
+    for sub in ([], ["train"], ["evaluate"]):
+        r = run_cli(*sub, "--help")
+        assert r.returncode == 0 and "usage: tfchargen" in r.stdout
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--train-data", "csv:/no/such.csv"], "no such file"),
+    (["--train-data", "tfds:ag_news_subset/train", "--tfds-data-dir", "/tmp/tfchargen-empty-tfds"], "csv:PATH"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path, extra, match):
+    r = run_cli("train", "--run-dir", tmp_path / "x", *extra, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and match in r.stderr
+    assert len([line for line in r.stderr.splitlines() if line.startswith("tfchargen")]) == 1
+
+
+def test_run_dir_with_other_architecture_is_refused(tiny_run):
+    r = run_cli("train", "--run-dir", tiny_run, "--train-data", TRAIN, "--units", 64, timeout=120)
+    assert r.returncode == 2 and "different" in r.stderr and "Traceback" not in r.stderr
