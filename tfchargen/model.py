@@ -43,11 +43,28 @@ class CharRNN:
     cell: str
     layers: int
     units: int
+    embed: layers.Layer
+    rnns: list
+    head: layers.Dense
 
     def zero_states(self, batch_size):
         """Initial states for the stepper: per layer, STATES_PER_CELL [B, units] zeros."""
         n = STATES_PER_CELL[self.cell] * self.layers
         return [ops.zeros((batch_size, self.units)) for _ in range(n)]
+
+    def step(self, ids, states):
+        """One character per row: ids [B] -> (logits [B, V], new states), through the cells.
+
+        Calls the RNN cells directly (no per-call sequence loop), so a generation loop
+        pays only for the matmuls. Same weights as ``model`` and ``stepper``.
+        """
+        k = STATES_PER_CELL[self.cell]
+        x, new = self.embed(ids), []
+        for i, rnn in enumerate(self.rnns):
+            own = list(states[i * k:(i + 1) * k])
+            x, st = rnn.cell(x, own if k > 1 else own[0], training=False)
+            new += list(st) if isinstance(st, (list, tuple)) else [st]
+        return self.head(x), new
 
 
 def build(
@@ -98,7 +115,7 @@ def build(
     states = [keras.Input((units,), name=f"state_{i}") for i in range(k * num_layers)]
     step_logits, finals = forward(step_ids, states)
     stepper = keras.Model([step_ids, *states], [step_logits, *finals], name="charrnn_stepper")
-    return CharRNN(model, stepper, cell, num_layers, units)
+    return CharRNN(model, stepper, cell, num_layers, units, embed, rnns, head)
 
 
 def from_config(cfg: dict, vocab_size: int, **overrides) -> CharRNN:

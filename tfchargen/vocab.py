@@ -50,7 +50,7 @@ def normalize_py(text: str) -> str:
     return text
 
 
-class Vocabulary:
+class Vocabulary(tf.Module):
     """Character vocabulary with `tf.lookup.StaticHashTable`s in both directions.
 
     Args:
@@ -63,6 +63,7 @@ class Vocabulary:
     """
 
     def __init__(self, path: str):
+        super().__init__(name="vocabulary")  # a tf.Module: exports track its tables and asset
         self.path = path
         with open(path, encoding="utf-8") as f:
             entries = f.read().split("\n")
@@ -75,7 +76,7 @@ class Vocabulary:
         bad = [e for e in entries[1:-1] if len(e) != 1]
         if bad:
             raise ValueError(f"{path}: entries must be single characters, got {bad[:3]!r}")
-        self.chars = entries[1:-1]
+        self.chars = tuple(entries[1:-1])
         self.size = len(entries)
         self.eos_id = len(entries) - 1
         # Both tables read the same file: line number <-> whole line.

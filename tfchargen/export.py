@@ -1,0 +1,125 @@
+"""Export: a trained run -> a versioned SavedModel that TF Serving and the C API can load.
+
+    EXPORT_BASE/
+      1/  2/  ...           one SavedModel per version (the layout TF Serving watches)
+      .tmp-*                a version being written; renamed to N only once it is whole
+
+Signatures (every input and output batched on dimension 0):
+
+    serving_default(prompt)                          defaults baked in at export
+    generate(prompt, max_length, temperature, top_k, top_p, seed)
+        -> text, continuation, num_chars, ended_with_eos, log_prob
+    score(text) -> nats_per_char, log_prob, num_chars
+
+Built with keras.export.ExportArchive (tf.saved_model.save of a tf.Module holding a
+Keras 3 model does not load in the session-based loader). Every export is checked in
+that loader before it becomes visible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from . import generate as gen_lib
+from . import train as train_lib
+
+SERVING_DEFAULTS = dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=0)
+VERSION_DIR_PREFIX = ".tmp-"
+
+_VEC = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
+
+
+def signature_functions(g: gen_lib.Generator, defaults: dict):
+    """The three endpoints as tf.functions with input signatures (autograph off)."""
+
+    @tf.function(input_signature=[_VEC(tf.string, "prompt"), _VEC(tf.int32, "max_length"),
+                                  _VEC(tf.float32, "temperature"), _VEC(tf.int32, "top_k"),
+                                  _VEC(tf.float32, "top_p"), _VEC(tf.int64, "seed")], autograph=False)
+    def generate(prompt, max_length, temperature, top_k, top_p, seed):
+        return g.generate(prompt, max_length, temperature, top_k, top_p, seed)
+
+    @tf.function(input_signature=[_VEC(tf.string, "prompt")], autograph=False)
+    def serving_default(prompt):
+        fill = lambda v, dt: tf.fill(tf.shape(prompt), tf.constant(v, dt))  # noqa: E731
+        return g.generate(prompt, fill(defaults["max_length"], tf.int32),
+                          fill(defaults["temperature"], tf.float32), fill(defaults["top_k"], tf.int32),
+                          fill(defaults["top_p"], tf.float32), fill(defaults["seed"], tf.int64))
+
+    @tf.function(input_signature=[_VEC(tf.string, "text")], autograph=False)
+    def score(text):
+        return g.score(text)
+
+    return {"serving_default": serving_default, "generate": generate, "score": score}
+
+
+def check_defaults(defaults: dict) -> dict:
+    d = {**SERVING_DEFAULTS, **{k: v for k, v in defaults.items() if v is not None}}
+    if not 0 <= d["max_length"] <= gen_lib.MAX_NEW_CHARS:
+        raise ValueError(f"--max-length must be in 0..{gen_lib.MAX_NEW_CHARS}")
+    if not (d["temperature"] >= 0 and d["temperature"] != float("inf")):
+        raise ValueError("--temperature must be finite and >= 0")
+    if d["top_k"] < 0 or not 0 < d["top_p"] <= 1:
+        raise ValueError("--top-k must be >= 0 and --top-p in (0, 1]")
+    return d
+
+
+def session_loader_check(path: str) -> None:
+    """Loads ``path`` the way TF Serving and the C API do (graph + session) and runs
+    every signature once; raises if anything fails."""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        feeds = {"prompt": [b"Today ", b""], "max_length": [3, 0], "temperature": [0.0, 1.0],
+                 "top_k": [0, 5], "top_p": [1.0, 0.9], "seed": [1, 0], "text": [b"Today", b""]}
+        for name in ("serving_default", "generate", "score"):
+            sig = meta.signature_def[name]
+            fetch = {k: v.name for k, v in sig.outputs.items()}
+            feed = {v.name: feeds[k] for k, v in sig.inputs.items()}
+            out = sess.run(fetch, feed)
+            if any(len(v) != 2 for v in out.values()):
+                raise RuntimeError(f"signature {name} returned malformed outputs: {out}")
+
+
+def versions(export_base: str) -> list[int]:
+    if not os.path.isdir(export_base):
+        return []
+    return sorted(int(d) for d in os.listdir(export_base) if d.isdigit())
+
+
+def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print, **defaults) -> str:
+    """Exports the run's model as the next version under ``export_base``; returns its path."""
+    defaults = check_defaults(defaults)
+    # A model trained on GPU may carry cuDNN-only ops: export from a non-cuDNN copy.
+    _, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+    g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
+    fns = signature_functions(g, defaults)
+
+    archive = keras.export.ExportArchive()
+    archive.track(rnn.model)
+    archive.track(rnn.stepper)
+    archive.track(vocab)  # the lookup tables and their asset file (vocab.txt)
+    for name, fn in fns.items():
+        archive.add_endpoint(name, fn)
+
+    os.makedirs(export_base, exist_ok=True)
+    tmp = os.path.join(export_base, f"{VERSION_DIR_PREFIX}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        archive.write_out(tmp, verbose=False)
+        session_loader_check(tmp)
+        while True:  # the next free version; rename is atomic, so a server never sees half
+            version = (versions(export_base) or [0])[-1] + 1
+            final = os.path.join(export_base, str(version))
+            try:
+                os.rename(tmp, final)
+                break
+            except OSError:
+                if not os.path.exists(final):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {final}")
+    return final

@@ -1,0 +1,258 @@
+"""In-graph generation: prompts [B] -> generated text [B], the whole loop in one tf.function.
+
+    strings --(vocab: split, lookup)--> ids --(prompt pass, then tf.while_loop of cell
+    steps with carried state: O(length))--> ids --(vocab: lookup, join)--> strings
+
+The string<->id boundary is vocab.py; everything between is numeric and can run under
+XLA (``jit_compile=True``), which string and table ops cannot.
+
+Every input is batched on dimension 0 and every control is per row, so TF Serving can
+merge requests: ``max_length`` (new characters), ``temperature`` (0 = greedy),
+``top_k`` (0 = off), ``top_p`` (1 = off), ``seed`` (0 = unseeded).
+
+Sampling is a pipeline of small swappable pieces: logit filters (TopK, TopP) and a
+sampler (Categorical). Padding (id 0) is removed before any of them, so it is never
+sampled at any temperature.
+
+Seeds: a seeded row draws its randomness from a counter-based hash of (its seed, the step,
+the character id) and takes the Gumbel-max of the temperature-scaled log-probs: exactly a
+categorical draw, but one that depends only on the row's own seed and never on the other
+rows of the batch. Unseeded rows use ``tf.random.categorical``.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from .model import CharRNN
+from .vocab import Vocabulary, normalize
+
+MAX_NEW_CHARS = 2048  # per-row cap on max_length; larger values are InvalidArgument
+MAX_PROMPT_CHARS = 4096  # longer prompts keep their last MAX_PROMPT_CHARS characters
+NEG_INF = float("-inf")
+
+
+class TopK:
+    """Keeps each row's k most likely characters (k = 0: keep all).
+
+    Args:
+        log_probs: [B, V] float log-probabilities (-inf = excluded).
+        k: [B] int32.
+
+    Example:
+    >>> TopK()(tf.math.log([[0.5, 0.3, 0.2]]), tf.constant([2])).numpy()  # doctest: +SKIP
+    array([[-0.69, -1.20, -inf]], dtype=float32)
+    """
+
+    def __call__(self, log_probs, k):
+        vocab = tf.shape(log_probs)[1]
+        k = tf.minimum(k, vocab)
+        kth = tf.gather(tf.sort(log_probs, axis=-1, direction="DESCENDING"),
+                        tf.maximum(k - 1, 0)[:, None], batch_dims=1)
+        keep = (log_probs >= kth) | (k[:, None] <= 0)
+        return tf.where(keep, log_probs, NEG_INF)
+
+
+class TopP:
+    """Nucleus filter: keeps the most likely characters whose mass reaches p (p = 1: all).
+
+    Args:
+        log_probs: [B, V] float log-probabilities (-inf = excluded).
+        p: [B] float32 in (0, 1].
+
+    Example:
+    >>> TopP()(tf.math.log([[0.5, 0.3, 0.2]]), tf.constant([0.6])).numpy()  # doctest: +SKIP
+    array([[-0.69, -1.20, -inf]], dtype=float32)
+    """
+
+    def __call__(self, log_probs, p):
+        sorted_lp = tf.sort(log_probs, axis=-1, direction="DESCENDING")
+        probs = tf.nn.softmax(sorted_lp)  # renormalized over what earlier filters kept
+        before = tf.cumsum(probs, axis=-1, exclusive=True)
+        kept = before < p[:, None]  # the top character is always kept
+        threshold = tf.reduce_min(tf.where(kept, sorted_lp, float("inf")), axis=-1, keepdims=True)
+        keep = (log_probs >= threshold) | (p[:, None] >= 1.0)
+        return tf.where(keep, log_probs, NEG_INF)
+
+
+def _mix32(x):
+    """A 32-bit integer finalizer (lowbias32): well-spread bits from a counter."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def seeded_gumbel(seed, step, vocab_size):
+    """[B, V] Gumbel noise that depends only on (row seed, step, character id)."""
+    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [B, 2]: low and high words
+    row = _mix32(seed[:, 0] ^ _mix32(seed[:, 1] ^ _mix32(tf.cast(step, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))))
+    ids = tf.cast(tf.range(vocab_size), tf.uint32)
+    bits = _mix32(row[:, None] ^ _mix32(ids + tf.constant(0x632BE5AB, tf.uint32))[None, :])
+    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * (1.0 / (1 << 24))
+    return -tf.math.log(-tf.math.log(u))
+
+
+class Categorical:
+    """Samples from temperature-scaled log-probs; temperature 0 takes the argmax.
+
+    Args:
+        log_probs: [B, V] filtered log-probabilities (-inf = excluded).
+        temperature: [B] float32 >= 0.
+        seed: [B] int64, 0 = unseeded (tf.random.categorical), else reproducible per row.
+        step: scalar int32, the position being generated.
+
+    Example:
+    >>> Categorical()(tf.math.log([[0.0, 1.0]]), tf.constant([1.0]),
+    ...               tf.constant([7], tf.int64), 0).numpy()  # doctest: +SKIP
+    array([1], dtype=int32)
+    """
+
+    def __call__(self, log_probs, temperature, seed, step):
+        t = temperature[:, None]
+        scaled = tf.where(t > 0, log_probs / tf.where(t > 0, t, 1.0), log_probs)
+        greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        seeded = tf.argmax(scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1,
+                           output_type=tf.int32)
+        unseeded = tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0]
+        sampled = tf.where(seed != 0, seeded, unseeded)
+        return tf.where(temperature > 0, sampled, greedy)
+
+
+def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
+    """InvalidArgument with a clear message for anything outside the documented contract."""
+    n = tf.size(prompt)
+    checks = [
+        tf.debugging.assert_equal(tf.size(x), n, message=f"{name} must have one value per prompt")
+        for name, x in (("max_length", max_length), ("temperature", temperature),
+                        ("top_k", top_k), ("top_p", top_p), ("seed", seed))
+    ]
+    checks += [
+        tf.debugging.assert_greater_equal(max_length, 0, message="max_length must be >= 0"),
+        tf.debugging.assert_less_equal(max_length, MAX_NEW_CHARS,
+                                       message=f"max_length must be <= {MAX_NEW_CHARS}"),
+        tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature >= 0.0), True,
+                                  message="temperature must be finite and >= 0 (0 = greedy)"),
+        tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0 (0 = off)"),
+        tf.debugging.assert_equal((top_p > 0.0) & (top_p <= 1.0), True,
+                                  message="top_p must be in (0, 1] (1 = off)"),
+    ]
+    return checks
+
+
+class Generator(tf.Module):
+    """The text-in/text-out pipeline around a CharRNN: ``generate`` and ``score``.
+
+    Args:
+        rnn: the model (its ``step`` and ``stepper`` share weights with training).
+        vocab: the Vocabulary whose tables turn strings into ids and back.
+        filters: logit filters applied in order, each ``f(log_probs, control)``.
+        sampler: picks the next id from filtered log-probs.
+        jit_compile: compile the numeric loop with XLA.
+    """
+
+    def __init__(self, rnn: CharRNN, vocab: Vocabulary, filters=None, sampler=None, jit_compile=False):
+        super().__init__(name="generator")
+        self.rnn, self.vocab = rnn, vocab
+        self.top_k, self.top_p = filters or (TopK(), TopP())
+        self.sampler = sampler or Categorical()
+        self.jit_compile = jit_compile
+        self._loop = tf.function(self._decode, jit_compile=jit_compile, autograph=False,
+                                 reduce_retracing=True)
+
+    # -- numeric part (XLA-able) ------------------------------------------------------
+    def _prompt_pass(self, ids, lengths):
+        """Runs the RNN once over padded prompts; returns last-position logits and states."""
+        out = self.rnn.stepper([ids, *self.rnn.zero_states(tf.shape(ids)[0])], training=False)
+        logits, states = out[0], list(out[1:])
+        last = tf.gather(logits, tf.maximum(lengths - 1, 0)[:, None], batch_dims=1)[:, 0]
+        return last, states
+
+    def _decode(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
+        batch = tf.shape(ids)[0]
+        logits, states = self._prompt_pass(ids, lengths)
+        eos = self.vocab.eos_id
+        steps = tf.reduce_max(tf.concat([max_length, [0]], 0))
+        size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
+        out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
+        pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
+
+        def body(i, done, ended, log_prob, logits, states, out):
+            log_probs = tf.nn.log_softmax(logits)
+            allowed = log_probs + pad_col  # padding is never a candidate
+            filtered = self.top_p(self.top_k(allowed, top_k), top_p)
+            nxt = self.sampler(filtered, temperature, seed, i)
+            active = ~done
+            nxt = tf.where(active, nxt, 0)
+            picked = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]
+            log_prob += tf.where(active, picked, 0.0)
+            hit_eos = active & tf.equal(nxt, eos)
+            ended |= hit_eos
+            done |= hit_eos | (i + 1 >= max_length)
+            out = out.write(i, nxt)
+            logits, states = self.rnn.step(nxt, states)
+            return i + 1, done, ended, log_prob, logits, states, out
+
+        def cond(i, done, *_):
+            return (i < steps) & ~tf.reduce_all(done)
+
+        init = (tf.constant(0), max_length <= 0, tf.zeros([batch], tf.bool), tf.zeros([batch]),
+                logits, states, out)
+        i, _, ended, log_prob, _, _, out = tf.while_loop(cond, body, init, maximum_iterations=MAX_NEW_CHARS)
+        # [B, i]; rows that stopped early hold 0s. An empty TensorArray cannot be stacked.
+        new_ids = tf.cond(i > 0, lambda: tf.transpose(out.stack()[:i]), lambda: tf.zeros([batch, 0], tf.int32))
+        return new_ids, ended, log_prob
+
+    # -- string part ------------------------------------------------------------------
+    def prompt_ids(self, prompt):
+        """[B] strings -> (ids [B, T>=1] padded, lengths [B] >= 1): the model's view of prompts.
+
+        Keeps the last MAX_PROMPT_CHARS known characters; an empty prompt becomes a lone
+        <eos>, the model's "start of text" (see README, Limits).
+        """
+        ids = self.vocab.encode(prompt)[:, -MAX_PROMPT_CHARS:]
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        dense = tf.pad(ids.to_tensor(), [[0, 0], [0, 1]])  # >= 1 column: an RNN needs a step
+        first = tf.where(lengths > 0, dense[:, 0], self.vocab.eos_id)
+        dense = tf.concat([first[:, None], dense[:, 1:]], axis=1)
+        return dense, tf.maximum(lengths, 1)
+
+    def generate(self, prompt, max_length, temperature, top_k, top_p, seed):
+        checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
+        with tf.control_dependencies(checks):
+            prompt = tf.identity(prompt)
+        ids, lengths = self.prompt_ids(prompt)
+        new_ids, ended, log_prob = self._loop(ids, lengths, max_length, temperature, top_k, top_p, seed)
+        continuation = self.vocab.decode(new_ids)
+        num_chars = tf.reduce_sum(tf.cast((new_ids > 0) & (new_ids != self.vocab.eos_id), tf.int32), axis=1)
+        return {
+            "text": tf.strings.join([normalize(prompt), continuation]),
+            "continuation": continuation,
+            "num_chars": num_chars,
+            "ended_with_eos": ended,
+            "log_prob": log_prob,
+        }
+
+    def score(self, text):
+        """Per text: nats/char, total log-prob and the number of scored characters.
+
+        The same targets as training and ``evaluate``: n known characters give n targets
+        (n-1 characters and <eos>); an empty text scores 0 characters and 0 nats/char.
+        """
+        ids = self.vocab.encode(text)[:, -MAX_PROMPT_CHARS:]
+        inputs = tf.pad(ids.to_tensor(), [[0, 0], [0, 1]])  # >= 1 column: an RNN needs a step
+        lengths = tf.cast(ids.row_lengths(), tf.int32)[:, None]
+        pos = tf.range(tf.shape(inputs)[1])[None, :]
+        targets = tf.pad(inputs[:, 1:], [[0, 0], [0, 1]])
+        targets = tf.where(pos == lengths - 1, self.vocab.eos_id, targets)
+        real = pos < lengths
+        logits = self.rnn.model(inputs, training=False)
+        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(real, targets, 0), logits=logits)
+        total = tf.reduce_sum(tf.where(real, nll, 0.0), axis=1)
+        count = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+        return {
+            "nats_per_char": total / tf.cast(tf.maximum(count, 1), tf.float32),
+            "log_prob": -total,
+            "num_chars": count,
+        }
