@@ -14,6 +14,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of the CLI
 
 
+FIELDS = ["title", "description", "title+description", "title|description"]
+
+
 def _model_flags(p):
     g = p.add_argument_group("model")
     g.add_argument("--cell", choices=["lstm", "gru", "rnn"], help="recurrent cell (default lstm)")
@@ -53,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-data", help=f"data spec (default {train_lib.DEFAULTS['train_data']}); "
                    "also csv:PATH[a:b] and text:PATH[a:b]")
     g.add_argument("--eval-data", help="held-out data spec for per-epoch nats/char")
-    g.add_argument("--field", choices=["title", "description", "title+description"], help="AG News field (default title)")
-    g.add_argument("--eval-field", choices=["title", "description", "title+description"], help="field of --eval-data (default: --field)")
+    g.add_argument("--field", choices=FIELDS, help="AG News field (default title)")
+    g.add_argument("--description-chars", type=int, help="keep only the first N characters of descriptions")
+    g.add_argument("--eval-field", choices=FIELDS, help="field of --eval-data (default: --field)")
     g.add_argument("--mode", choices=["examples", "windows"], help="one example per sequence (default) or fixed windows")
     g.add_argument("--window", type=int, help="window length (windows mode) / max example length (default 256)")
     g.add_argument("--tfds-data-dir", help="TFDS data dir")
@@ -107,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="evaluate an exported SavedModel through its score signature")
     e.add_argument("--version", type=int, help="version under --model (default: newest)")
     e.add_argument("--data", required=True, help="data spec, e.g. csv:PATH[6000:]")
-    e.add_argument("--field", choices=["title", "description", "title+description"], help="default: the run's field")
+    e.add_argument("--field", choices=FIELDS, help="default: title for --model, else the run's field")
     e.add_argument("--tfds-data-dir")
     return p
 
@@ -207,7 +211,8 @@ def cmd_evaluate(args) -> int:
         result = evaluate.metrics(total, count)
     else:
         cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
-        text = sources.load(args.data, args.field or cfg["field"], args.tfds_data_dir)
+        field = args.field or ("title" if cfg["field"] == "title|description" else cfg["field"])
+        text = sources.load(args.data, field, args.tfds_data_dir)
         result = evaluate.evaluate_dataset(rnn.model, pipeline.eval_dataset(text, vocab))
     unknown = sum(int(vocab.count_unknown(t).numpy().sum()) for t in text.batch(1024))
     print(json.dumps({**result, "unknown_chars": unknown, "data": args.data}))

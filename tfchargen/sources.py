@@ -7,6 +7,10 @@
 
 ``field`` picks ``title``, ``description`` or ``title+description`` (joined with a space,
 as the teaching example's extract_text does) for CSV and TFDS; text files are used whole.
+``title|description`` joins them with U+001E, which the vocabulary reads as <eos>: each
+example is then the title exactly as it is scored (ending in <eos>) followed by its
+description as extra text of the same news. ``description_chars`` keeps only the first N
+characters of descriptions.
 AG News text (CSV and TFDS alike) is unescaped: ``\\n``-style escapes, the bare backslash
 that stands for a line break, and ``#39;``/``&lt;``-style entities.
 """
@@ -20,7 +24,7 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
-FIELDS = ("title", "description", "title+description")
+FIELDS = ("title", "description", "title+description", "title|description")
 DEFAULT_TRAIN = "tfds:ag_news_subset/train"
 
 
@@ -100,21 +104,24 @@ def _require_file(path):
         raise DataError(f"cannot read file: {path}")
 
 
-def _pick(title, description, field):
+def _pick(title, description, field, description_chars=0):
+    if description_chars:
+        description = tf.strings.substr(description, 0, description_chars, unit="UTF8_CHAR")
     if field == "title":
         return title
     if field == "description":
         return description
-    return tf.strings.join([title, description], separator=" ")
+    return tf.strings.join([title, description], separator="\x1e" if field == "title|description" else " ")
 
 
-def csv_dataset(path: str, field: str = "title") -> tf.data.Dataset:
+def csv_dataset(path: str, field: str = "title", description_chars: int = 0) -> tf.data.Dataset:
     """AG News CSV rows (label, title, description) -> cleaned example strings."""
     _require_file(path)
     ds = tf.data.experimental.CsvDataset(
         path, record_defaults=[tf.string, tf.string, tf.string], use_quote_delim=True
     )
-    return ds.map(lambda _, t, d: clean_agnews(_pick(t, d, field)))
+    # Clean each field before joining: cleaning must not see the U+001E separator as text.
+    return ds.map(lambda _, t, d: _pick(clean_agnews(t), clean_agnews(d), field, description_chars))
 
 
 def text_dataset(path: str) -> tf.data.Dataset:
@@ -134,7 +141,7 @@ def _hosts_reachable(builder, timeout=3.0) -> list[str]:
     return bad
 
 
-def tfds_dataset(name_split: str, field: str = "title", data_dir: str | None = None):
+def tfds_dataset(name_split: str, field: str = "title", data_dir: str | None = None, description_chars: int = 0):
     """``ag_news_subset/train[:90%]`` -> cleaned example strings, downloading if needed."""
     import tensorflow_datasets as tfds  # heavy import: only when TFDS is asked for
 
@@ -161,7 +168,7 @@ def tfds_dataset(name_split: str, field: str = "title", data_dir: str | None = N
 
     def to_text(ex):
         if "title" in ex and "description" in ex:
-            return clean_agnews(_pick(ex["title"], ex["description"], field))
+            return _pick(clean_agnews(ex["title"]), clean_agnews(ex["description"]), field, description_chars)
         if "text" in ex:
             return ex["text"]
         raise DataError(f"tfds:{name_split}: examples have no title/description/text feature")
@@ -169,7 +176,8 @@ def tfds_dataset(name_split: str, field: str = "title", data_dir: str | None = N
     return ds.map(to_text)
 
 
-def load(spec: str, field: str = "title", tfds_data_dir: str | None = None) -> tf.data.Dataset:
+def load(spec: str, field: str = "title", tfds_data_dir: str | None = None,
+         description_chars: int = 0) -> tf.data.Dataset:
     """Any data spec -> `tf.data.Dataset` of scalar tf.string examples."""
     if field not in FIELDS:
         raise DataError(f"--field must be one of {', '.join(FIELDS)}, got {field!r}")
@@ -177,10 +185,10 @@ def load(spec: str, field: str = "title", tfds_data_dir: str | None = None) -> t
     if not sep or not rest:
         raise DataError(f"data spec {spec!r} must look like tfds:NAME/SPLIT, csv:PATH or text:PATH")
     if kind == "tfds":
-        return tfds_dataset(rest, field, tfds_data_dir)
+        return tfds_dataset(rest, field, tfds_data_dir, description_chars)
     path, start, stop = _split_slice(rest)
     if kind == "csv":
-        return _slice(csv_dataset(path, field), start, stop)
+        return _slice(csv_dataset(path, field, description_chars), start, stop)
     if kind == "text":
         return _slice(text_dataset(path), start, stop)
     raise DataError(f"unknown data source {kind!r} in {spec!r}: use tfds:, csv: or text:")

@@ -29,6 +29,10 @@ PAD = "<pad>"
 EOS = "<eos>"
 PAD_ID = 0
 FILENAME = "vocab.txt"
+# U+001E RECORD SEPARATOR inside a text marks an <eos> boundary within one example
+# (e.g. "title<RS>description": the title is learnt exactly as it is scored, ending in
+# <eos>, and the description continues after it). It is never a vocabulary character.
+SEGMENT_SEPARATOR = "\x1e"
 
 # RE2 class of characters that become a plain space (see module docstring).
 _SPACE_LIKE = r"[\t\n\r\x0B\x0C\x{0085}\x{2028}\x{2029}]"
@@ -106,6 +110,7 @@ class Vocabulary(tf.Module):
                 t = t.decode("utf-8", errors="replace")
             chars.update(normalize_py(t))
         chars.discard("")
+        chars.discard(SEGMENT_SEPARATOR)
         if not chars:
             raise ValueError("cannot build a vocabulary: the training text is empty")
         os.makedirs(directory, exist_ok=True)
@@ -121,15 +126,18 @@ class Vocabulary(tf.Module):
         return tf.strings.unicode_split(normalize(text), "UTF-8", errors="replace")
 
     def encode(self, text: tf.Tensor) -> tf.RaggedTensor:
-        """[B] strings -> [B, (len)] int32 ids; unknown characters are dropped."""
-        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, self.chars_of(text))
+        """[B] strings -> [B, (len)] int32 ids; unknown characters are dropped, U+001E -> <eos>."""
+        chars = self.chars_of(text)
+        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, chars)
+        ids = tf.where(chars == SEGMENT_SEPARATOR, tf.cast(self.eos_id, tf.int64), ids)
         ids = tf.ragged.boolean_mask(ids, ids >= 0)
         return tf.cast(ids, tf.int32)
 
     def count_unknown(self, text: tf.Tensor) -> tf.Tensor:
         """Number of characters per string that the vocabulary does not know."""
-        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, self.chars_of(text))
-        return tf.reduce_sum(tf.cast(ids < 0, tf.int32), axis=-1)
+        chars = self.chars_of(text)
+        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, chars)
+        return tf.reduce_sum(tf.cast((ids < 0) & (chars != SEGMENT_SEPARATOR), tf.int32), axis=-1)
 
     def decode(self, ids) -> tf.Tensor:
         """[B, T] (dense or ragged) ids -> [B] strings; pad and eos decode to nothing."""
