@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from . import evaluate, pipeline, sources
 from . import model as model_lib
+from .generate import Generator
 from .vocab import FILENAME as VOCAB_FILE
 from .vocab import Vocabulary
 
@@ -99,29 +100,15 @@ class CharCount(keras.metrics.Metric):
         self.count.assign(0.0)
 
 
-def reference_sample(rnn: model_lib.CharRNN, vocab: Vocabulary, prompt: str, temperature: float,
-                     max_length: int = 60, seed: int = 0) -> str:
-    """Simple O(length) eager sampler for the epoch-end callback (the in-graph one is generate.py)."""
-    ids = vocab.encode(tf.constant([prompt])).to_tensor()
-    if ids.shape[1] == 0:
-        ids = tf.zeros([1, 1], tf.int32)  # an RNN cannot run over zero steps: one pad step
-    out = rnn.stepper([ids, *rnn.zero_states(1)])
-    logits, states = out[0][:, -1], out[1:]
-    gen = tf.random.Generator.from_seed(seed)
-    chars = []
-    for _ in range(max_length):
-        logits = tf.tensor_scatter_nd_update(logits, [[0, 0]], [-1e9])  # never sample padding
-        if temperature <= 0:
-            nxt = tf.argmax(logits, -1, output_type=tf.int32)
-        else:
-            nxt = tf.random.stateless_categorical(
-                tf.nn.log_softmax(logits) / temperature, 1, gen.make_seeds(1)[:, 0], dtype=tf.int32)[:, 0]
-        if int(nxt[0]) == vocab.eos_id:
-            break
-        chars.append(int(nxt[0]))
-        out = rnn.stepper([nxt[:, None], *states])
-        logits, states = out[0][:, -1], out[1:]
-    return prompt + vocab.decode_py(chars)
+def sample_table(g: Generator, prompts=SAMPLE_PROMPTS, temperatures=SAMPLE_TEMPERATURES, seed=1,
+                 max_length=60) -> list[tuple[float, str]]:
+    """(temperature, text) for every prompt x temperature, from the in-graph generator."""
+    rows = [(t, p) for t in temperatures for p in prompts]
+    n = len(rows)
+    out = g.generate(tf.constant([p for _, p in rows]), tf.fill([n], max_length),
+                     tf.constant([t for t, _ in rows], tf.float32), tf.zeros([n], tf.int32),
+                     tf.ones([n]), tf.range(1, n + 1, dtype=tf.int64) + 1000 * seed)
+    return [(t, x.decode("utf-8")) for (t, _), x in zip(rows, out["text"].numpy())]
 
 
 class RunCallback(keras.callbacks.Callback):
@@ -130,6 +117,7 @@ class RunCallback(keras.callbacks.Callback):
     def __init__(self, run_dir, rnn, vocab, eval_batches, sample_every=1, log=print):
         super().__init__()
         self.run_dir, self.rnn, self.vocab = run_dir, rnn, vocab
+        self.generator = Generator(rnn, vocab)
         self.eval_batches, self.sample_every, self.log = eval_batches, sample_every, log
         self.path = os.path.join(run_dir, "metrics.json")
         self.history = json.load(open(self.path)) if os.path.exists(self.path) else []
@@ -160,10 +148,8 @@ class RunCallback(keras.callbacks.Callback):
         self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
         atomic_write_json(self.path, self.history)
         if self.sample_every and (epoch + 1) % self.sample_every == 0:
-            for t in SAMPLE_TEMPERATURES:
-                for p in SAMPLE_PROMPTS:
-                    text = reference_sample(self.rnn, self.vocab, p, t, seed=epoch)
-                    self.log(f"  T={t:<4} {text!r}")
+            for t, text in sample_table(self.generator, seed=epoch + 1):
+                self.log(f"  T={t:<4} {text!r}")
 
 
 def _optimizer(cfg, total_steps):
