@@ -112,12 +112,15 @@ class Categorical:
     def __call__(self, log_probs, temperature, seed, step):
         t = temperature[:, None]
         scaled = tf.where(t > 0, log_probs / tf.where(t > 0, t, 1.0), log_probs)
+        seeded_rows, unseeded_rows = (temperature > 0) & (seed != 0), (temperature > 0) & (seed == 0)
+        # Each kind of draw costs a [B, V] pass: pay only for the kinds some row uses.
+        zeros = lambda: tf.zeros_like(seed, tf.int32)  # noqa: E731
         greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        seeded = tf.argmax(scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1,
-                           output_type=tf.int32)
-        unseeded = tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0]
-        sampled = tf.where(seed != 0, seeded, unseeded)
-        return tf.where(temperature > 0, sampled, greedy)
+        seeded = tf.cond(tf.reduce_any(seeded_rows), lambda: tf.argmax(
+            scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1, output_type=tf.int32), zeros)
+        unseeded = tf.cond(tf.reduce_any(unseeded_rows),
+                           lambda: tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0], zeros)
+        return tf.where(seeded_rows, seeded, tf.where(unseeded_rows, unseeded, greedy))
 
 
 def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
@@ -177,11 +180,14 @@ class Generator(tf.Module):
         size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
+        any_top_k, any_top_p = tf.reduce_any(top_k > 0), tf.reduce_any(top_p < 1.0)
 
         def body(i, done, ended, log_prob, logits, states, out):
             log_probs = tf.nn.log_softmax(logits)
             allowed = log_probs + pad_col  # padding is never a candidate
-            filtered = self.top_p(self.top_k(allowed, top_k), top_p)
+            # Filters sort [B, V]: skip them when no row of the batch asks for them.
+            filtered = tf.cond(any_top_k, lambda: self.top_k(allowed, top_k), lambda: allowed)
+            filtered = tf.cond(any_top_p, lambda: self.top_p(filtered, top_p), lambda: filtered)
             nxt = self.sampler(filtered, temperature, seed, i)
             active = ~done
             nxt = tf.where(active, nxt, 0)
