@@ -248,7 +248,8 @@ def measure(make, batch, repeats):
     chars = call()
     first = time.perf_counter() - t0
     times = []
-    for _ in range(repeats):
+    # Fast calls need many samples for a stable median: at least `repeats` calls and 1 s.
+    while len(times) < repeats or sum(times) < 1.0:
         t0 = time.perf_counter()
         chars = call()
         times.append(time.perf_counter() - t0)

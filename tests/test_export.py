@@ -212,3 +212,13 @@ def test_versions_are_atomic_and_increment(exported, tiny_run):
     empty.mkdir()
     r = run_cli("generate", "--model", empty)
     assert r.returncode == 2 and "no model versions" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_xla_loop_matches_the_plain_loop(gen, tiny_run):
+    _, vocab, rnn = train_lib.load_trained(tiny_run)
+    xla = gen_lib.Generator(rnn, vocab, jit_compile=True)
+    prompts = ["Today ", "", "On Sunday "]
+    for kwargs in (dict(), dict(temperature=0.9, seed=[3, 4, 5], top_k=[0, 10, 0], top_p=[1.0, 1.0, 0.9])):
+        a, b = call(gen, prompts, max_length=[30, 5, 0], **kwargs), call(xla, prompts, max_length=[30, 5, 0], **kwargs)
+        assert list(a["text"]) == list(b["text"]) and list(a["num_chars"]) == list(b["num_chars"])
+        np.testing.assert_allclose(a["log_prob"], b["log_prob"], rtol=1e-4, atol=1e-4)
