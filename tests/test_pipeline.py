@@ -68,14 +68,26 @@ def test_no_padding_reaches_the_loss(vocab):
     np.testing.assert_allclose(rnn.model(alone_x)[0], rnn.model(batch_x)[0, :alone_x.shape[1]], atol=1e-6)
 
 
-def test_stepper_matches_the_full_model(vocab):
-    """One character at a time with carried state gives the full model's logits."""
-    rnn = model_lib.build(vocab.size, cell="gru", num_layers=2, units=16, embedding_dim=8)
+@pytest.mark.parametrize("cell,layers,emb", [("lstm", 1, 0), ("gru", 2, 8), ("rnn", 2, 0), ("lstm", 3, 8)])
+def test_stepping_matches_the_full_model(vocab, cell, layers, emb):
+    """One character at a time with carried state gives the full model's logits, through the
+    stepper model, the cells, and the cells with the gathered input table."""
+    rnn = model_lib.build(vocab.size, cell=cell, num_layers=layers, units=16, embedding_dim=emb)
+    for w in rnn.model.weights:  # non-zero biases, so a bias mix-up cannot hide
+        w.assign(tf.random.normal(w.shape, stddev=0.3, seed=1))
     x = vocab.encode(tf.constant(["Stocks fall"])).to_tensor()
+    full = rnn.model(x).numpy()
     states = rnn.zero_states(1)
     step_logits = []
     for t in range(x.shape[1]):
         out = rnn.stepper([x[:, t:t + 1], *states])
         step_logits.append(out[0])
         states = out[1:]
-    np.testing.assert_allclose(np.concatenate(step_logits, 1), rnn.model(x), atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(step_logits, 1), full, atol=1e-5)
+    table = rnn.input_table()
+    for tab in (None, table):
+        states, logits = rnn.zero_states(1), []
+        for t in range(x.shape[1]):
+            lg, states = rnn.step(x[:, t], states, table=tab)
+            logits.append(lg)
+        np.testing.assert_allclose(np.stack(logits, 1), full, atol=1e-5)

@@ -181,6 +181,7 @@ class Generator(tf.Module):
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
         any_top_k, any_top_p = tf.reduce_any(top_k > 0), tf.reduce_any(top_p < 1.0)
+        table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
         def body(i, done, ended, log_prob, logits, states, out):
             log_probs = tf.nn.log_softmax(logits)
@@ -197,7 +198,7 @@ class Generator(tf.Module):
             ended |= hit_eos
             done |= hit_eos | (i + 1 >= max_length)
             out = out.write(i, nxt)
-            logits, states = self.rnn.step(nxt, states)
+            logits, states = self.rnn.step(nxt, states, table)
             return i + 1, done, ended, log_prob, logits, states, out
 
         def cond(i, done, *_):
