@@ -79,7 +79,8 @@ def _resolve(bound, n):
     return int(bound)
 
 
-def _count(ds):
+def count(ds) -> int:
+    """Number of elements of a finite dataset (one pass)."""
     return int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
 
 
@@ -88,7 +89,7 @@ def _slice(ds, start, stop):
         return ds
     n = None
     if any(b is not None and (b.startswith("-") or b.endswith("%")) for b in (start, stop)):
-        n = _count(ds)
+        n = count(ds)
     a, b = _resolve(start, n), _resolve(stop, n)
     a = 0 if a is None else (a + n if a < 0 else a)
     if b is not None and b < 0:

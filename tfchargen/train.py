@@ -191,10 +191,6 @@ def prepare_run_dir(cfg: dict, run_dir: str) -> dict:
     return cfg
 
 
-def count_batches(ds: tf.data.Dataset) -> int:
-    return int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
-
-
 def train(cfg: dict, run_dir: str, log=print, verbose="auto") -> dict:
     """Trains (or resumes) the run in ``run_dir``; returns the last metrics row."""
     cfg = {**DEFAULTS, **cfg}
@@ -219,7 +215,7 @@ def train(cfg: dict, run_dir: str, log=print, verbose="auto") -> dict:
 
     steps = cfg["steps_per_epoch"]
     if not steps:  # one pass over the data per epoch
-        steps = count_batches(pipeline.training_dataset(
+        steps = sources.count(pipeline.training_dataset(
             train_text, vocab, mode=cfg["mode"], batch_size=cfg["batch_size"],
             window=cfg["window"], seed=cfg["seed"], repeat=False))
         if steps == 0:

@@ -63,7 +63,7 @@ class Vocabulary(tf.Module):
     Example:
     >>> v = Vocabulary.build(["Today ", "Tomorrow"], "/tmp/v")   # doctest: +SKIP
     >>> v.encode(tf.constant(["Tod"])).to_list()                  # doctest: +SKIP
-    [[4, 6, 2]]
+    [[2, 6, 4]]
     """
 
     def __init__(self, path: str):
