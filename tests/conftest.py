@@ -35,3 +35,13 @@ def tiny_run(tmp_path_factory, data_path):
                 "--eval-data", HELDOUT, "--seed", 3, "--sample-every", 0)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run, tmp_path_factory):
+    """The tiny run exported once through the real CLI; returns the export base (version 1 inside)."""
+    base = tmp_path_factory.mktemp("shared-models") / "chargen"
+    r = run_cli("export", "--run-dir", tiny_run, "--export-base", base, "--default-max-length", 12,
+                "--default-temperature", 0)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base
