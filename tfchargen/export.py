@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from . import generate as gen_lib
 from . import train as train_lib
+from . import warmup as warmup_lib
 
 SERVING_DEFAULTS = dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=0)
 VERSION_DIR_PREFIX = ".tmp-"
@@ -109,6 +110,7 @@ def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(tmp, verbose=False)
+        warmup_lib.write_warmup(tmp)  # TF Serving's assets.extra/tf_serving_warmup_requests
         session_loader_check(tmp)
         while True:  # the next free version; rename is atomic, so a server never sees half
             version = (versions(export_base) or [0])[-1] + 1

@@ -1,0 +1,312 @@
+"""TF Serving compatibility, proven without the tensorflow_model_server binary.
+
+No TF Serving binary can be installed here, so: the SignatureDefs are checked against what
+TF Serving's Predict API and request batching need; the warmup file is read back and
+replayed through the SavedModel (TF2 loader and the session loader TF Serving uses) in a
+fresh process; the server config files are parsed as the protos TF Serving reads; and the
+REST/gRPC clients are run against a STAND-IN server (tests/serving_standin.py) that follows
+TF Serving's documented wire formats. None of this runs TF Serving itself.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+
+from conftest import ROOT, run_cli
+from serving_standin import Standin
+from tfchargen import client as client_lib
+from tfchargen import warmup as warmup_lib
+from tfchargen.client import GrpcClient, RestClient, ServingError
+
+SIGNATURES = ("serving_default", "generate", "score")
+SERVING = ROOT / "serving"
+
+
+@pytest.fixture(scope="module")
+def version_dir(tiny_model):
+    return tiny_model / "1"
+
+
+@pytest.fixture(scope="module")
+def standin(tiny_model):
+    server = Standin(str(tiny_model)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_standin(request):
+    yield
+    if "standin" in request.fixturenames:
+        request.getfixturevalue("standin").model.reset()
+
+
+def local_generate(standin, prompts, max_length=30):
+    """The SavedModel's generate signature, called directly (greedy)."""
+    n = len(prompts)
+    out = standin.model.loaded.signatures["generate"](
+        prompt=tf.constant(prompts), max_length=tf.fill([n], max_length), temperature=tf.zeros([n]),
+        top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]), seed=tf.zeros([n], tf.int64))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def signature_defs(version_dir):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((version_dir / "saved_model.pb").read_bytes())
+    (mg,) = [m for m in sm.meta_graphs if "serve" in m.meta_info_def.tags]
+    return mg.signature_def
+
+
+# ------------------------------------------------------------------------- SavedModel contract
+
+
+def test_signatures_are_predict_and_batched_on_dimension_0(version_dir):
+    sigs = signature_defs(version_dir)
+    assert set(SIGNATURES) <= set(sigs)
+    for name in SIGNATURES:
+        sig = sigs[name]
+        assert sig.method_name == "tensorflow/serving/predict", name
+        for kind, tensors in (("input", sig.inputs), ("output", sig.outputs)):
+            for key, info in tensors.items():
+                dims = [d.size for d in info.tensor_shape.dim]
+                assert not info.tensor_shape.unknown_rank and dims == [-1], f"{name} {kind} {key}: {dims}"
+
+
+def test_warmup_file_has_a_request_per_signature_matching_its_inputs(version_dir):
+    path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
+    assert path.is_file()
+    logs = warmup_lib.read_warmup(str(version_dir))
+    assert 0 < len(logs) <= 1000 and len(logs) == len(warmup_lib.read_warmup(str(path)))
+    sigs = signature_defs(version_dir)
+    seen = set()
+    for log in logs:
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        name = request.model_spec.signature_name
+        want = {k: v.dtype for k, v in sigs[name].inputs.items()}
+        assert {k: v.dtype for k, v in request.inputs.items()} == want, name
+        sizes = {tuple(d.size for d in t.tensor_shape.dim) for t in request.inputs.values()}
+        assert len(sizes) == 1
+        seen.add((name, sizes.pop()[0]))
+    assert seen == {(s, b) for s in SIGNATURES for b in warmup_lib.DEFAULT_BATCH_SIZES}
+
+
+REPLAY = r"""
+import json, sys
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+path = sys.argv[1]
+logs = []
+for record in tf.data.TFRecordDataset(path + "/assets.extra/tf_serving_warmup_requests"):
+    log = prediction_log_pb2.PredictionLog()
+    log.ParseFromString(record.numpy())
+    logs.append(log.predict_log.request)
+result = {"tf2": [], "session": []}
+m = tf.saved_model.load(path)
+for req in logs:
+    sig = req.model_spec.signature_name
+    out = m.signatures[sig](**{k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()})
+    result["tf2"].append([sig, {k: list(v.shape) for k, v in out.items()}])
+# The way TF Serving runs a warmup request: graph + session from the session-based loader.
+with tf.Graph().as_default() as g, tf.compat.v1.Session(graph=g) as sess:
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+    for req in logs:
+        sig = meta.signature_def[req.model_spec.signature_name]
+        feed = {sig.inputs[k].name: tf.make_ndarray(v) for k, v in req.inputs.items()}
+        out = sess.run({k: v.name for k, v in sig.outputs.items()}, feed)
+        result["session"].append([req.model_spec.signature_name, {k: list(v.shape) for k, v in out.items()}])
+print(json.dumps(result))
+"""
+
+
+def test_warmup_replays_through_the_savedmodel_in_a_fresh_process(version_dir):
+    r = subprocess.run([sys.executable, "-c", REPLAY, str(version_dir)], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    logs = warmup_lib.read_warmup(str(version_dir))
+    outputs = {name: set(sig.outputs) for name, sig in signature_defs(version_dir).items()}
+    for loader in ("tf2", "session"):
+        assert len(result[loader]) == len(logs)
+        for (sig, shapes), log in zip(result[loader], logs):
+            batch = log.predict_log.request.inputs[next(iter(log.predict_log.request.inputs))].tensor_shape.dim[0].size
+            assert set(shapes) == outputs[sig] and all(s == [batch] for s in shapes.values()), (loader, sig, shapes)
+
+
+# -------------------------------------------------------------------------- server config files
+
+
+def _proto_classes():
+    """BatchingParameters and MonitoringConfig as TF Serving declares them (field names and
+    numbers from tensorflow_serving/servables/tensorflow/session_bundle_config.proto and
+    tensorflow_serving/config/monitoring_config.proto; tensorflow-serving-api ships neither)."""
+    F = descriptor_pb2.FieldDescriptorProto
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
+    f = descriptor_pb2.FileDescriptorProto(name="tfserving_configs.proto", package="tensorflow.serving",
+                                           syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+
+    def msg(name, fields):
+        m = f.message_type.add(name=name)
+        for number, (field, ftype, type_name, label) in enumerate(fields, 1):
+            m.field.add(name=field, number=number, type=ftype, label=label, type_name=type_name)
+
+    one, many = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+    i64 = (F.TYPE_MESSAGE, ".google.protobuf.Int64Value", one)
+    msg("BatchingParameters", [("max_batch_size", *i64), ("batch_timeout_micros", *i64),
+                               ("max_enqueued_batches", *i64), ("num_batch_threads", *i64),
+                               ("thread_pool_name", F.TYPE_MESSAGE, ".google.protobuf.StringValue", one),
+                               ("allowed_batch_sizes", F.TYPE_INT64, None, many),
+                               ("pad_variable_length_inputs", F.TYPE_BOOL, None, one)])
+    msg("PrometheusConfig", [("enable", F.TYPE_BOOL, None, one), ("path", F.TYPE_STRING, None, one)])
+    msg("MonitoringConfig", [("prometheus_config", F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", one)])
+    pool.Add(f)
+    return [message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}"))
+            for n in ("BatchingParameters", "MonitoringConfig")]
+
+
+def test_server_config_files_parse_as_tf_serving_protos():
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse((SERVING / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "chargen" and model.base_path == "/models/chargen" and model.model_platform == "tensorflow"
+    assert model.model_version_policy.WhichOneof("policy_choice") == "latest"
+    assert model.model_version_policy.latest.num_versions == 2
+    assert "specific" in (SERVING / "models.config").read_text()  # the rollback recipe
+
+    batching_cls, monitoring_cls = _proto_classes()
+    b = text_format.Parse((SERVING / "batching_parameters.txt").read_text(), batching_cls())
+    sizes = list(b.allowed_batch_sizes)
+    assert sizes == sorted(set(sizes)) and sizes[-1] == b.max_batch_size.value  # TF Serving's requirements
+    assert b.num_batch_threads.value >= 1 and b.batch_timeout_micros.value >= 0 and b.max_enqueued_batches.value >= 1
+    m = text_format.Parse((SERVING / "monitoring.config").read_text(), monitoring_cls())
+    assert m.prometheus_config.enable and m.prometheus_config.path == "/monitoring/prometheus/metrics"
+
+    compose = (SERVING / "docker-compose.yml").read_text()
+    for flag in ("--model_config_file=/config/models.config", "--enable_batching=true",
+                 "--batching_parameters_file=/config/batching_parameters.txt",
+                 "--monitoring_config_file=/config/monitoring.config", "--enable_model_warmup=true"):
+        assert flag in compose and flag in (SERVING / "k8s.yaml").read_text(), flag
+    assert "read_only: true" in compose and "127.0.0.1}:8501:8501" in compose
+    assert "tensorflow/serving:${TF_SERVING_TAG:-latest}-gpu" in compose
+    assert "path: /v1/models/chargen" in (SERVING / "k8s.yaml").read_text()
+
+
+# ------------------------------------------------------------------ clients against the stand-in
+
+PROMPTS = ["Today ", "On Sunday ", "", "日本 ☃"]
+
+
+def clients(standin, **kwargs):
+    return {"rest-columnar": RestClient(standin.rest_url, request_format="columnar", **kwargs),
+            "rest-row": RestClient(standin.rest_url, request_format="row", **kwargs),
+            "grpc": GrpcClient(standin.grpc_target, **kwargs)}
+
+
+def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(standin):
+    want = local_generate(standin, PROMPTS)
+    want_score = {k: v.numpy() for k, v in standin.model.loaded.signatures["score"](text=tf.constant(PROMPTS)).items()}
+    for name, c in clients(standin).items():
+        got = c.generate(PROMPTS, max_length=30, temperature=0.0)
+        assert list(got["text"]) == list(want["text"]), name
+        assert list(got["continuation"]) == list(want["continuation"]), name
+        assert list(got["num_chars"]) == list(want["num_chars"]), name
+        assert list(got["ended_with_eos"]) == list(want["ended_with_eos"]), name
+        np.testing.assert_array_equal(np.float32(got["log_prob"]), want["log_prob"])  # float32 round-trips
+        s = c.score(PROMPTS)
+        np.testing.assert_array_equal(np.float32(s["nats_per_char"]), want_score["nats_per_char"])
+        assert list(s["num_chars"]) == list(want_score["num_chars"])
+        # serving_default: one input, so the row format sends a plain list of strings.
+        d = c.predict({"prompt": PROMPTS[:2]})
+        assert [t.startswith(p.encode()) for t, p in zip(d["text"], PROMPTS)] == [True, True], name
+        assert {k: len(v) for k, v in c.generate([]).items()} == dict.fromkeys(client_lib.GENERATE_OUTPUTS, 0)
+        c.close()
+
+
+def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(standin):
+    assert client_lib._json_value([b"To\xffday", "ok"], False) == [{"b64": "VG//ZGF5"}, "ok"]
+    assert client_lib._json_value(["ok"], True) == [{"b64": "b2s="}]
+    assert client_lib._from_json([{"b64": "VG//ZGF5"}, "é"]) == [b"To\xffday", "é".encode()]
+    want = local_generate(standin, [b"To\xffday"], max_length=10)["text"][0]
+    assert want.decode("utf-8").startswith("To\ufffdday")
+    for c in (RestClient(standin.rest_url), RestClient(standin.rest_url, request_format="row"),
+              RestClient(standin.rest_url, always_b64=True), GrpcClient(standin.grpc_target)):
+        assert c.generate([b"To\xffday"], max_length=10, temperature=0.0)["text"][0] == want
+
+
+def test_retries_on_unavailable_then_succeed(standin):
+    for name, c in clients(standin, retries=3, backoff=0.01).items():
+        standin.model.reset()
+        standin.model.fail_next(2)
+        out = c.generate(["Today "], max_length=5, temperature=0.0)
+        assert len(out["text"]) == 1 and standin.model.predict_calls == 3, name
+
+
+def test_exhausted_retries_give_a_clear_error(standin):
+    for name, c in clients(standin, retries=1, backoff=0.01).items():
+        standin.model.reset()
+        standin.model.fail_next(10)
+        with pytest.raises(ServingError, match=r"simulated UNAVAILABLE.*gave up after 2 attempts") as e:
+            c.generate(["Today "], max_length=5)
+        assert e.value.retryable and e.value.code in ("UNAVAILABLE", "HTTP 503"), name
+        assert standin.model.predict_calls == 2
+    with pytest.raises(ServingError, match="cannot connect.*gave up after 2 attempts"):
+        RestClient("http://127.0.0.1:9", retries=1, backoff=0.01).generate(["x"])
+    with pytest.raises(ServingError, match="UNAVAILABLE.*gave up after 2 attempts"):
+        GrpcClient("127.0.0.1:9", retries=1, backoff=0.01, timeout=5).generate(["x"])
+
+
+def test_invalid_control_is_an_error_with_the_graphs_message(standin):
+    for name, c in clients(standin).items():
+        with pytest.raises(ServingError, match=r"top_p must be in \(0, 1\]") as e:
+            c.generate(["Today ", "x"], top_p=2.0)
+        assert e.value.code in ("INVALID_ARGUMENT", "HTTP 400") and not e.value.retryable, name
+    with pytest.raises(ServingError, match="HTTP 404.*Servable not found for request: Specific"):
+        RestClient(standin.rest_url, version=7).generate(["x"])
+    with pytest.raises(ServingError, match="NOT_FOUND"):
+        GrpcClient(standin.grpc_target, model_name="other").generate(["x"])
+    with pytest.raises(ServingError, match="(?s)HTTP 400.*one value per prompt"):
+        RestClient(standin.rest_url).generate(["a", "b"], seed=[1, 2, 3])
+
+
+def test_timeout_is_honoured_and_not_retried(standin):
+    standin.model.delay_s = 3.0
+    for name, c in clients(standin, timeout=0.5, retries=3).items():
+        standin.model.predict_calls = 0
+        t = time.monotonic()
+        with pytest.raises(ServingError, match="timeout"):
+            c.generate(["Today "], max_length=5)
+        assert time.monotonic() - t < 2.0, name
+        assert standin.model.predict_calls == 1, name
+
+
+def test_model_status(standin):
+    rest = RestClient(standin.rest_url).status()
+    assert rest["model_version_status"][0]["state"] == "AVAILABLE"
+    assert rest["model_version_status"][0]["version"] == "1"
+    grpc_status = GrpcClient(standin.grpc_target).status()
+    assert grpc_status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_cli_generate_against_a_server(standin):
+    want = local_generate(standin, ["Today ", "On Sunday "], max_length=20)
+    for server in (["--server", standin.rest_url], ["--server", standin.grpc_target, "--protocol", "grpc"]):
+        r = run_cli("generate", *server, "--model-name", "chargen", "--prompt", "Today ", "--prompt", "On Sunday ",
+                    "--max-length", 20, "--temperature", 0, "--json", "--timeout", 60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+        assert [row["text"] for row in rows] == [t.decode() for t in want["text"]]
+        assert [row["num_chars"] for row in rows] == list(want["num_chars"])
+    r = run_cli("generate", "--server", standin.rest_url, "--top-p", 2)
+    assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("generate", "--server", standin.rest_url, "--model", "x")
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
