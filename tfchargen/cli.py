@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", choices=["examples", "windows"], help="one example per sequence (default) or fixed windows")
     g.add_argument("--window", type=int, help="window length (windows mode) / max example length (default 256)")
     g.add_argument("--tfds-data-dir", help="TFDS data dir")
+    g.add_argument("--bad-rows", choices=["error", "skip"], help="malformed rows of csv: data (wrong number of "
+                   "fields, bad quotes, non-numeric label): error (default: name the file and line) or skip (warn "
+                   "with their count)")
     g = t.add_argument_group("optimization")
     g.add_argument("--epochs", type=int)
     g.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training data")
@@ -75,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--sample-every", type=int, help="print samples every N epochs (0 = never)")
     _model_flags(t)
+    g = t.add_argument_group("devices (README: Training on several devices)")
+    g.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"],
+                   help="default: one device; mirrored: the GPUs of this machine; multi-worker: "
+                   "machines configured by TF_CONFIG, only the chief writes the run dir (--batch-size is global)")
+    g.add_argument("--devices", help="mirrored only: comma-separated devices, e.g. GPU:0,GPU:1 (default: all GPUs)")
 
     g = t.add_argument_group("export at the end")
     g.add_argument("--export-base", help="export the trained model as the next version here "
@@ -90,9 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     _export_flags(x)
 
     gen = sub.add_parser("generate", help="generate text with an exported SavedModel",
-                         description="Runs the SavedModel's generate signature (not the Keras model).")
-    gen.add_argument("--model", required=True, help="export base (newest version) or one version's directory")
-    gen.add_argument("--version", type=int, help="version under --model (default: newest)")
+                         description="Runs the SavedModel's generate signature (not the Keras model), "
+                         "locally (--model) or on a TF Serving model server (--server).")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="export base (newest version) or one version's directory")
+    src.add_argument("--server", help="TF Serving address: http://HOST:8501 (REST) or HOST:8500 with "
+                     "--protocol grpc")
+    gen.add_argument("--version", "--model-version", type=int, dest="version",
+                     help="version under --model, or the served version with --server (default: newest)")
+    gen.add_argument("--model-name", default="chargen", help="served model name with --server (default chargen)")
+    gen.add_argument("--protocol", choices=["rest", "grpc"], help="with --server (default: grpc for grpc://, "
+                     "else rest)")
+    gen.add_argument("--timeout", type=float, default=60.0, help="seconds per request with --server (default 60)")
     gen.add_argument("--prompt", action="append", help='repeatable (default "Today ")')
     gen.add_argument("--max-length", type=int, default=100, help="new characters per sample (default 100)")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -113,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="data spec, e.g. csv:PATH[6000:]")
     e.add_argument("--field", choices=FIELDS, help="default: title for --model, else the run's field")
     e.add_argument("--tfds-data-dir")
+    e.add_argument("--bad-rows", choices=["error", "skip"], default="error",
+                   help="malformed rows of csv: data: error (default) or skip (warn with their count)")
     return p
 
 
@@ -124,11 +143,13 @@ def cmd_train(args) -> int:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value
-    row = train_lib.train(cfg, args.run_dir)
-    if not args.no_export:
+    with run_dir_errors(args.run_dir):
+        row = train_lib.train(cfg, args.run_dir)
+    if not args.no_export and row.get("chief", True):  # a non-chief worker exports nothing
         from . import export as export_lib
         base = args.export_base or os.path.join(args.run_dir, "export")
-        row["export"] = export_lib.export(args.run_dir, base, **_export_kwargs(args))
+        with run_dir_errors(args.run_dir):
+            row["export"] = export_lib.export(args.run_dir, base, **_export_kwargs(args))
     print(json.dumps({"run_dir": args.run_dir, **row}))
     return 0
 
@@ -136,7 +157,8 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from . import export as export_lib
 
-    export_lib.export(args.run_dir, args.export_base, **_export_kwargs(args))
+    with run_dir_errors(args.run_dir):
+        export_lib.export(args.run_dir, args.export_base, **_export_kwargs(args))
     return 0
 
 
@@ -157,26 +179,43 @@ def load_savedmodel(model: str, version: int | None = None):
         path = os.path.join(model, str(version if version is not None else found[-1]))
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise FileNotFoundError(f"no SavedModel at {path}")
-    return tf.saved_model.load(path), path
+    try:
+        return tf.saved_model.load(path), path
+    except (OSError, ValueError, tf.errors.OpError) as e:  # a damaged or foreign saved_model.pb
+        raise ValueError(f"{path} is not a loadable SavedModel ({one_line(e)})") from None
 
 
 def cmd_generate(args) -> int:
-    import tensorflow as tf
-
-    loaded, path = load_savedmodel(args.model, args.version)
     prompts = args.prompt or ["Today "]
     temps = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [args.temperature]
     n = max(args.num_samples, 1)
     rows = [(p, t, j) for t in temps for p in prompts for j in range(n)]
-    out = loaded.signatures["generate"](
-        prompt=tf.constant([r[0] for r in rows]),
-        max_length=tf.constant([args.max_length] * len(rows), tf.int32),
-        temperature=tf.constant([r[1] for r in rows], tf.float32),
-        top_k=tf.constant([args.top_k] * len(rows), tf.int32),
-        top_p=tf.constant([args.top_p] * len(rows), tf.float32),
-        seed=tf.constant([args.seed + r[2] if args.seed else 0 for r in rows], tf.int64),
-    )
-    out = {k: v.numpy() for k, v in out.items()}
+    controls = dict(max_length=[args.max_length] * len(rows), temperature=[r[1] for r in rows],
+                    top_k=[args.top_k] * len(rows), top_p=[args.top_p] * len(rows),
+                    seed=[args.seed + r[2] if args.seed else 0 for r in rows])
+    if args.server:
+        from .client import ServingError, connect
+
+        try:
+            with connect(args.server, args.model_name, args.protocol, version=args.version,
+                         timeout=args.timeout) as client:
+                out = client.generate([r[0] for r in rows], **controls)
+        except ServingError as e:
+            import re
+
+            msg = str(e)  # one line: its first, plus a failed graph check's own message
+            check = re.search(r"assertion failed: \[(.+?)\](?: \[|$)", msg, re.M)
+            line = msg.splitlines()[0].strip() + (f" {check.group(1)}" if check else "")
+            print(f"tfchargen generate: error: {line}", file=sys.stderr)
+            return 2
+    else:
+        import tensorflow as tf
+
+        loaded, path = load_savedmodel(args.model, args.version)
+        dtypes = dict(max_length=tf.int32, temperature=tf.float32, top_k=tf.int32, top_p=tf.float32, seed=tf.int64)
+        out = loaded.signatures["generate"](prompt=tf.constant([r[0] for r in rows]),
+                                            **{k: tf.constant(v, dtypes[k]) for k, v in controls.items()})
+        out = {k: v.numpy() for k, v in out.items()}
     for i, (p, t, j) in enumerate(rows):
         text = out["text"][i].decode("utf-8")
         if args.json:
@@ -201,7 +240,7 @@ def cmd_evaluate(args) -> int:
     if args.model:
         loaded, path = load_savedmodel(args.model, args.version)
         vocab = Vocabulary(os.path.join(path, "assets", "vocab.txt"))
-        text = sources.load(args.data, args.field or "title", args.tfds_data_dir)
+        text = sources.load(args.data, args.field or "title", args.tfds_data_dir, bad_rows=args.bad_rows)
         score = loaded.signatures["score"]
         total = count = 0.0
         for batch in text.batch(256):
@@ -210,13 +249,56 @@ def cmd_evaluate(args) -> int:
             count += float(out["num_chars"].numpy().sum())
         result = evaluate.metrics(total, count)
     else:
-        cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
+        with run_dir_errors(args.run_dir):
+            cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
         field = args.field or ("title" if cfg["field"] == "title|description" else cfg["field"])
-        text = sources.load(args.data, field, args.tfds_data_dir)
+        text = sources.load(args.data, field, args.tfds_data_dir, bad_rows=args.bad_rows)
         result = evaluate.evaluate_dataset(rnn.model, pipeline.eval_dataset(text, vocab))
     unknown = sum(int(vocab.count_unknown(t).numpy().sum()) for t in text.batch(1024))
     print(json.dumps({**result, "unknown_chars": unknown, "data": args.data}))
     return 0
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """The user-facing line of an error: a failed graph assertion's own message, else the
+    first line of the message (never a traceback, never tensor dumps)."""
+    import re
+
+    msg = getattr(e, "message", None) or str(e) or type(e).__name__
+    m = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", msg, flags=re.M)
+    if m:
+        return m.group(1)
+    if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. [Errno 13] Permission denied
+        return f"{e.strerror}: {e.filename}"
+    first = next((line.strip() for line in msg.splitlines() if line.strip()), msg)
+    return first if len(first) <= limit else first[:limit] + "..."
+
+
+class run_dir_errors:
+    """Turns "this run dir's files do not fit together" into one clear line: weights that do
+    not match vocab.txt/config.json (one was edited or copied from another run) or a weights
+    file that cannot be read (cut short by a crash or a full disk)."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None or isinstance(e, (FileNotFoundError, PermissionError)):
+            return False
+        msg = str(e)
+        if isinstance(e, ValueError) and ("could not be loaded" in msg or "shape" in msg and "match" in msg):
+            raise ValueError(f"{self.run_dir}: its saved weights do not fit its vocab.txt and config.json "
+                             "(was one of them edited, or copied from another run?); restore them or use "
+                             "a new --run-dir") from None
+        if isinstance(e, OSError) and ("h5" in msg or "HDF5" in msg or "truncated" in msg or "signature" in msg):
+            raise ValueError(f"{self.run_dir}: a weights file cannot be read ({one_line(e)}); remove the damaged "
+                             "file (checkpoints/ keeps every epoch) or use a new --run-dir") from None
+        if isinstance(e, json.JSONDecodeError):
+            raise ValueError(f"{self.run_dir}: config.json or metrics.json is not valid JSON ({one_line(e)})") from None
+        return False
 
 
 def main(argv=None) -> int:
@@ -226,8 +308,15 @@ def main(argv=None) -> int:
     try:
         commands = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate}
         return commands[args.command](args)
-    except (DataError, FileNotFoundError, PermissionError, ValueError) as e:
-        print(f"tfchargen {args.command}: error: {e}", file=sys.stderr)
+    except (DataError, OSError, ValueError) as e:  # OSError: missing, unreadable, damaged files
+        print(f"tfchargen {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.InvalidArgumentError):
+            raise  # a bug: keep the traceback
+        # A control outside the SavedModel's contract (e.g. --max-length 5000): its check's message.
+        print(f"tfchargen {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tfchargen {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)

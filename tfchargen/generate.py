@@ -176,7 +176,7 @@ class Generator(tf.Module):
         batch = tf.shape(ids)[0]
         logits, states = self._prompt_pass(ids, lengths)
         eos = self.vocab.eos_id
-        steps = tf.reduce_max(tf.concat([max_length, [0]], 0))
+        steps = tf.minimum(tf.reduce_max(tf.concat([max_length, [0]], 0)), MAX_NEW_CHARS)  # never trust the caller
         size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
@@ -227,8 +227,11 @@ class Generator(tf.Module):
 
     def generate(self, prompt, max_length, temperature, top_k, top_p, seed):
         checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
+        # Every input waits for the checks: nested functions are inlined, so an input that
+        # bypassed them could reach the loop (e.g. a TensorArray of 2**31-1 elements) first.
         with tf.control_dependencies(checks):
-            prompt = tf.identity(prompt)
+            prompt, max_length, temperature, top_k, top_p, seed = (
+                tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
         ids, lengths = self.prompt_ids(prompt)
         new_ids, ended, log_prob = self._loop(ids, lengths, max_length, temperature, top_k, top_p, seed)
         continuation = self.vocab.decode(new_ids)

@@ -13,18 +13,28 @@ description as extra text of the same news. ``description_chars`` keeps only the
 characters of descriptions.
 AG News text (CSV and TFDS alike) is unescaped: ``\\n``-style escapes, the bare backslash
 that stands for a line break, and ``#39;``/``&lt;``-style entities.
+
+CSV files hold one record per line (AG News escapes its line breaks); blank lines are
+skipped. A malformed row (not 3 fields, a quote that is not closed or not escaped, a label
+that is not a number) is found graph-natively in one pass over the file when it is loaded:
+``bad_rows="error"`` (the default) raises a one-line DataError naming the file and line,
+``bad_rows="skip"`` drops such rows and warns once on stderr with their count. A spec that
+yields no example at all is a DataError too.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import socket
+import sys
 from urllib.parse import urlparse
 
 import tensorflow as tf
 
 FIELDS = ("title", "description", "title+description", "title|description")
+BAD_ROWS = ("error", "skip")
 DEFAULT_TRAIN = "tfds:ag_news_subset/train"
 
 
@@ -99,8 +109,12 @@ def _slice(ds, start, stop):
 
 
 def _require_file(path):
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a directory, not a file")
+    if not os.path.exists(path):
         raise DataError(f"no such file: {path}")
+    if not os.path.isfile(path):
+        raise DataError(f"{path} is not a regular file")
     if not os.access(path, os.R_OK):
         raise DataError(f"cannot read file: {path}")
 
@@ -115,14 +129,73 @@ def _pick(title, description, field, description_chars=0):
     return tf.strings.join([title, description], separator="\x1e" if field == "title|description" else " ")
 
 
-def csv_dataset(path: str, field: str = "title", description_chars: int = 0) -> tf.data.Dataset:
-    """AG News CSV rows (label, title, description) -> cleaned example strings."""
+# One CSV field as tf.io.decode_csv(use_quote_delim=True) reads it: "quoted, with "" inside"
+# or unquoted without quotes or commas. RE2 syntax (tf.strings.regex_full_match).
+_CSV_FIELD = r'(?:"(?:[^"]|"")*"|[^",]*)'
+_CSV_FIELDS = rf"{_CSV_FIELD}(?:,{_CSV_FIELD})*"
+_CSV_ROW = rf'(?:"[0-9]+"|[0-9]+),{_CSV_FIELD},{_CSV_FIELD}'
+_CSV_COLUMNS = 3
+# Row status codes (graph-side) and what they mean to the user.
+OK, BLANK, WRONG_FIELDS, BAD_QUOTES, BAD_LABEL = range(5)
+_REASONS = {WRONG_FIELDS: "expected 3 fields (label,title,description), got {fields}",
+            BAD_QUOTES: "a quote is not closed, or not escaped as \"\"",
+            BAD_LABEL: "the label (first field) {label} is not a number"}
+
+
+def _reason(line: bytes, status: int, fields: int) -> str:
+    label = next(csv.reader([line.decode("utf-8", "replace")]), [""])[0] if status == BAD_LABEL else ""
+    return _REASONS[status].format(fields=fields, label=repr(label[:40]))
+
+
+def csv_row_status(line: tf.Tensor):
+    """[...] raw CSV lines -> (status, number of fields), both int32, graph ops only."""
+    text = tf.strings.unicode_transcode(line, "UTF-8", "UTF-8", errors="replace")  # RE2 needs UTF-8
+    well_formed = tf.strings.regex_full_match(text, _CSV_FIELDS)
+    unquoted = tf.strings.regex_replace(text, r'"(?:[^"]|"")*"', "")
+    fields = tf.strings.length(tf.strings.regex_replace(unquoted, "[^,]", "")) + 1
+    status = tf.where(
+        tf.strings.length(tf.strings.strip(text)) == 0, BLANK,
+        tf.where(tf.strings.regex_full_match(text, _CSV_ROW), OK,
+                 tf.where(~well_formed, BAD_QUOTES,
+                          tf.where(fields != _CSV_COLUMNS, WRONG_FIELDS, BAD_LABEL))))
+    return status, fields
+
+
+def _warn(message: str) -> None:
+    print(f"tfchargen: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _csv_lines(path: str, bad_rows: str, warn=_warn) -> tf.data.Dataset:
+    """The well-formed record lines of ``path``; malformed rows raise or are skipped."""
+    if bad_rows not in BAD_ROWS:
+        raise DataError(f"--bad-rows must be one of {', '.join(BAD_ROWS)}, got {bad_rows!r}")
+    numbered = tf.data.TextLineDataset(path).enumerate(start=1)  # (line number, line)
+    rows = numbered.batch(4096).map(lambda n, line: (n, line, *csv_row_status(line))).unbatch()
+    bad = rows.filter(lambda n, line, status, fields: status >= WRONG_FIELDS)
+    try:
+        first = next(iter(bad.take(1)), None)  # one pass over the file, graph-native
+    except tf.errors.OpError as e:  # unreadable mid-way, not a regular file, ...
+        raise DataError(f"cannot read {path}: {e.message.splitlines()[0]}") from None
+    if first is not None:
+        n, line, status, fields = int(first[0]), first[1].numpy(), int(first[2]), int(first[3])
+        reason = _reason(line, status, fields)
+        if bad_rows == "error":
+            raise DataError(f"{path} line {n}: {reason} (--bad-rows skip skips malformed rows)")
+        total = count(bad)
+        warn(f"skipped {total} malformed row{'s' * (total != 1)} of {path} (the first: line {n}: {reason})")
+    return rows.filter(lambda n, line, status, fields: status == OK).map(lambda n, line, *_: line)
+
+
+def csv_dataset(path: str, field: str = "title", description_chars: int = 0, bad_rows: str = "error",
+                start: str | None = None, stop: str | None = None) -> tf.data.Dataset:
+    """AG News CSV rows (label, title, description) -> cleaned example strings.
+
+    ``start``/``stop`` slice the well-formed rows (TFDS-style bounds) before they are parsed."""
     _require_file(path)
-    ds = tf.data.experimental.CsvDataset(
-        path, record_defaults=[tf.string, tf.string, tf.string], use_quote_delim=True
-    )
+    records = _slice(_csv_lines(path, bad_rows), start, stop).batch(1024).map(
+        lambda lines: tf.io.decode_csv(lines, [""] * _CSV_COLUMNS, use_quote_delim=True)).unbatch()
     # Clean each field before joining: cleaning must not see the U+001E separator as text.
-    return ds.map(lambda _, t, d: _pick(clean_agnews(t), clean_agnews(d), field, description_chars))
+    return records.map(lambda _, t, d: _pick(clean_agnews(t), clean_agnews(d), field, description_chars))
 
 
 def text_dataset(path: str) -> tf.data.Dataset:
@@ -177,19 +250,29 @@ def tfds_dataset(name_split: str, field: str = "title", data_dir: str | None = N
     return ds.map(to_text)
 
 
+def _nonempty(ds: tf.data.Dataset, spec: str) -> tf.data.Dataset:
+    try:
+        empty = next(iter(ds.take(1)), None) is None
+    except tf.errors.OpError as e:  # e.g. a directory or a file that went away
+        raise DataError(f"cannot read {spec}: {e.message.splitlines()[0]}") from None
+    if empty:
+        raise DataError(f"{spec}: no examples (an empty file or an empty slice)")
+    return ds
+
+
 def load(spec: str, field: str = "title", tfds_data_dir: str | None = None,
-         description_chars: int = 0) -> tf.data.Dataset:
-    """Any data spec -> `tf.data.Dataset` of scalar tf.string examples."""
+         description_chars: int = 0, bad_rows: str = "error") -> tf.data.Dataset:
+    """Any data spec -> `tf.data.Dataset` of scalar tf.string examples (never empty)."""
     if field not in FIELDS:
         raise DataError(f"--field must be one of {', '.join(FIELDS)}, got {field!r}")
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise DataError(f"data spec {spec!r} must look like tfds:NAME/SPLIT, csv:PATH or text:PATH")
     if kind == "tfds":
-        return tfds_dataset(rest, field, tfds_data_dir, description_chars)
+        return _nonempty(tfds_dataset(rest, field, tfds_data_dir, description_chars), spec)
     path, start, stop = _split_slice(rest)
     if kind == "csv":
-        return _slice(csv_dataset(path, field, description_chars), start, stop)
+        return _nonempty(csv_dataset(path, field, description_chars, bad_rows, start, stop), spec)
     if kind == "text":
-        return _slice(text_dataset(path), start, stop)
+        return _nonempty(_slice(text_dataset(path), start, stop), spec)
     raise DataError(f"unknown data source {kind!r} in {spec!r}: use tfds:, csv: or text:")
