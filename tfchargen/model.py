@@ -125,7 +125,6 @@ def build(
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     use_cudnn: bool | str = "auto",
-    unroll: bool = False,
 ) -> CharRNN:
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
@@ -138,10 +137,8 @@ def build(
     )
     rnns = []
     for i in range(num_layers):
-        # unroll: a static time axis becomes straight-line ops instead of a while loop;
-        # on CPU that removes per-timestep loop overhead (fixed-length windows only).
         kwargs = dict(return_sequences=True, return_state=True, dropout=dropout,
-                      recurrent_dropout=recurrent_dropout, unroll=unroll, name=f"{cell}_{i}")
+                      recurrent_dropout=recurrent_dropout, name=f"{cell}_{i}")
         if cell in ("lstm", "gru"):
             kwargs["use_cudnn"] = use_cudnn
         rnns.append(CELLS[cell](units, **kwargs))

@@ -1,0 +1,3 @@
+module tfchargen-go
+
+go 1.19
