@@ -156,9 +156,11 @@ def test_training_killed_at_a_random_moment_keeps_whole_files_and_resumes(tmp_pa
     done = [m["epoch"] for m in json.loads((run_dir / "metrics.json").read_text())]
     assert done == list(range(1, len(done) + 1))
     assert (run_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()[-1] == "<eos>"
-    # Keras writes checkpoints in place: only the newest can be cut short by a kill.
-    ckpts = sorted((run_dir / "checkpoints").iterdir())
-    for c in ckpts[:-1]:
+    # Epoch checkpoints are written aside and renamed: every one that exists is whole; a
+    # kill mid-write leaves at most a .tmp-* file, which nothing reads.
+    ckpts = sorted(c for c in (run_dir / "checkpoints").iterdir() if not c.name.startswith(".tmp-"))
+    assert [c.name for c in ckpts] == [f"epoch-{i:03d}.weights.h5" for i in range(1, len(ckpts) + 1)]
+    for c in ckpts:
         h5py.File(c, "r").close()
 
     r = run_cli(*args)
@@ -167,7 +169,7 @@ def test_training_killed_at_a_random_moment_keeps_whole_files_and_resumes(tmp_pa
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     if len(done) < 6:
         assert f"Epoch {len(done) + 1}/6" in r.stdout and "Epoch 1/6" not in r.stdout
-    for c in sorted((run_dir / "checkpoints").iterdir()):
+    for c in sorted((run_dir / "checkpoints").glob("epoch-*.weights.h5")):
         h5py.File(c, "r").close()
 
 

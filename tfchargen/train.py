@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -441,8 +442,7 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         WorkerBackupAndRestore(os.path.join(out_dir, "backup"), read_dir=os.path.join(run_dir, "backup"),
                                strategy=setup.strategy if setup.num_workers > 1 else None,
                                double_checkpoint=True, delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(out_dir, "checkpoints", "epoch-{epoch:03d}.weights.h5"), save_weights_only=True),
+        AtomicEpochCheckpoint(os.path.join(out_dir, "checkpoints")),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "logs"), update_freq="epoch"),
     ]
     rnn.model.fit(batches, epochs=cfg["epochs"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
@@ -454,6 +454,27 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
     return run_cb.history[-1] if run_cb.history else {}
 
 
+EPOCH_CKPT = re.compile(r"epoch-\d{3,}\.weights\.h5")
+
+
+class AtomicEpochCheckpoint(keras.callbacks.Callback):
+    """checkpoints/epoch-NNN.weights.h5 after every epoch, written aside then renamed.
+
+    Keras' ModelCheckpoint writes in place, so a kill mid-write leaves a truncated newest
+    checkpoint; here a kill leaves at most a ``.tmp-*`` file, which nothing reads.
+    """
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        final = os.path.join(self.directory, f"epoch-{epoch + 1:03d}.weights.h5")
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, final)
+
+
 def load_trained(run_dir: str, **overrides):
     """(config, vocabulary, CharRNN with the run's final or latest weights)."""
     cfg = {**DEFAULTS, **load_config(run_dir)}
@@ -461,8 +482,8 @@ def load_trained(run_dir: str, **overrides):
     rnn = model_lib.from_config(cfg, vocab.size, **overrides)
     final = os.path.join(run_dir, "model.weights.h5")
     if not os.path.exists(final):
-        ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) if os.path.isdir(
-            os.path.join(run_dir, "checkpoints")) else []
+        ckpts = sorted(n for n in os.listdir(os.path.join(run_dir, "checkpoints"))
+                       if EPOCH_CKPT.fullmatch(n)) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
         if not ckpts:
             raise FileNotFoundError(f"{run_dir} has no trained weights yet")
         final = os.path.join(run_dir, "checkpoints", ckpts[-1])
