@@ -201,11 +201,9 @@ def cmd_generate(args) -> int:
                          timeout=args.timeout) as client:
                 out = client.generate([r[0] for r in rows], **controls)
         except ServingError as e:
-            import re
-
             msg = str(e)  # one line: its first, plus a failed graph check's own message
-            check = re.search(r"assertion failed: \[(.+?)\](?: \[|$)", msg, re.M)
-            line = msg.splitlines()[0].strip() + (f" {check.group(1)}" if check else "")
+            check = failed_check(msg)
+            line = msg.splitlines()[0].strip() + (f" {check}" if check else "")
             print(f"tfchargen generate: error: {line}", file=sys.stderr)
             return 2
     else:
@@ -259,15 +257,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def failed_check(msg: str) -> str | None:
+    """The message of a failed tf.debugging assertion inside an error text, if any."""
+    import re
+
+    m = re.search(r"assertion failed: \[(.+?)\](?: \[|$)", msg, flags=re.M)
+    return m.group(1) if m else None
+
+
 def one_line(e: BaseException, limit: int = 400) -> str:
     """The user-facing line of an error: a failed graph assertion's own message, else the
     first line of the message (never a traceback, never tensor dumps)."""
-    import re
-
     msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    m = re.search(r"assertion failed: \[(.*?)\](?: \[|$)", msg, flags=re.M)
-    if m:
-        return m.group(1)
+    check = failed_check(msg)
+    if check:
+        return check
     if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. [Errno 13] Permission denied
         return f"{e.strerror}: {e.filename}"
     first = next((line.strip() for line in msg.splitlines() if line.strip()), msg)
