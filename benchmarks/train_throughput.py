@@ -9,10 +9,15 @@ Variants, each trained for the same wall-clock budget on CSV rows 1..6000 (title
                   Masking + LSTM(128) + softmax Dense, categorical_crossentropy, Adam
     tfchargen_b8  tfchargen at the same config: one LSTM(128) over one-hot, batch 8,
                   examples mode (bucketed by length, padding masked and ignored)
+    tfchargen_b8_windows   the same model and batch in windows mode (titles joined by
+                  <eos>, cut into 128-char windows: no padding, the teaching example's
+                  "num_chars" idea)
     tuned         tfchargen, same model, a throughput config: by default windows mode
                   (titles joined by <eos>, cut into 128-char windows), batch 256, lr 3e-3
 
-Each variant runs in a fresh subprocess (--in-process to run them in this one).
+tfchargen variants train their LSTM as `tfchargen train` would (--fused-lstm auto: the
+fused XLA kernel at batch 8, Keras' own loop at batch 256). Each variant runs in a fresh
+subprocess (--in-process to run them in this one).
 
 Reported per variant: characters/second (real target characters, never padding, after
 the first --warmup-steps steps so tracing is excluded), ms/step, steps done, held-out
@@ -50,9 +55,9 @@ from tfchargen.vocab import Vocabulary  # noqa: E402
 
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
 DEFAULT_OUT = os.path.join(HERE, "results", "train_throughput.json")
-VARIANTS = ("teaching", "tfchargen_b8", "tuned")
+VARIANTS = ("teaching", "tfchargen_b8", "tfchargen_b8_windows", "tuned")
 # Minimum chars/s speedup over the teaching example that each variant should reach.
-TARGETS = {"tfchargen_b8": 3.0, "tuned": 10.0}
+TARGETS = {"tfchargen_b8": 3.0, "tfchargen_b8_windows": 3.0, "tuned": 10.0}
 
 
 # -----------------------------------------------------------------------------
@@ -143,7 +148,8 @@ def run_teaching(train_list, heldout_list, args):
 
 
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
-    rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0)
+    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128)  # as tfchargen/train.py decides
+    rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
     rnn.model.compile(  # as tfchargen/train.py compiles it
         optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
@@ -153,7 +159,7 @@ def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
                                         window=args.window, seed=args.seed)
     stats = fit_for_budget(rnn.model, batches, args)
     held = evaluate.evaluate_dataset(rnn.model, eval_batches)
-    return dict(batch_size=batch_size, mode=mode, learning_rate=lr, vocab_size=vocab.size,
+    return dict(batch_size=batch_size, mode=mode, learning_rate=lr, vocab_size=vocab.size, fused_lstm=fused,
                 **stats, heldout_nats_per_char=held["nats_per_char"], heldout_chars=held["chars"])
 
 
@@ -187,6 +193,8 @@ def main(argv=None):
     p.add_argument("--tuned-lr", type=float, default=3e-3)
     p.add_argument("--window", type=int, default=128, help="max example length / window (tfchargen)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
+    p.add_argument("--fused-lstm", choices=model_lib.FUSED_CHOICES, default="auto",
+                   help="tfchargen's LSTM training kernel, as `tfchargen train --fused-lstm` (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",
@@ -233,6 +241,8 @@ def main(argv=None):
             r = run_teaching(train_list, heldout_list, args)
         elif name == "tfchargen_b8":
             r = run_tfchargen(train_text, eval_batches, vocab, 8, "examples", 1e-3, args)
+        elif name == "tfchargen_b8_windows":
+            r = run_tfchargen(train_text, eval_batches, vocab, 8, "windows", 1e-3, args)
         else:
             r = run_tfchargen(train_text, eval_batches, vocab, args.tuned_batch, args.tuned_mode,
                               args.tuned_lr, args)
@@ -253,13 +263,13 @@ def main(argv=None):
             r["target_speedup"] = TARGETS[name]
             r["meets_target"] = bool(base) and r["speedup_vs_teaching"] >= TARGETS[name]
 
-    print(f"\n{'variant':<13} {'batch':>5} {'mode':<9} {'steps':>6} {'ms/step':>8} {'chars/s':>9} "
+    print(f"\n{'variant':<21} {'batch':>5} {'mode':<9} {'steps':>6} {'ms/step':>8} {'chars/s':>9} "
           f"{'speedup':>8} {'pad%':>5} {'held-out nats/char':>19}  target")
     for name, r in results.items():
         speed = f"{r['speedup_vs_teaching']:.2f}x" if r["speedup_vs_teaching"] else "-"
         target = "-" if name not in TARGETS else (
             f">={TARGETS[name]:g}x {'met' if r['meets_target'] else 'MISSED'}")
-        print(f"{name:<13} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6} {r['ms_per_step']:>8.1f} "
+        print(f"{name:<21} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6} {r['ms_per_step']:>8.1f} "
               f"{r['chars_per_second']:>9.0f} {speed:>8} {100 * r['padding_fraction']:>5.1f} "
               f"{r['heldout_nats_per_char']:>19.4f}  {target}")
 

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import TRAIN
+from tfchargen import fused_lstm
 from tfchargen import model as model_lib
 from tfchargen import pipeline, sources
 from tfchargen.vocab import Vocabulary
@@ -91,3 +92,43 @@ def test_stepping_matches_the_full_model(vocab, cell, layers, emb):
             lg, states = rnn.step(x[:, t], states, table=tab)
             logits.append(lg)
         np.testing.assert_allclose(np.stack(logits, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers,emb,initial", [(1, 0, False), (2, 8, True)])
+def test_fused_lstm_trains_exactly_like_keras(vocab, layers, emb, initial):
+    """fused_lstm.py's hand-written forward and backward give Keras' LSTM outputs,
+    gradients and final states, on real titles padded to different lengths in one batch."""
+    keras_rnn = model_lib.build(vocab.size, units=24, num_layers=layers, embedding_dim=emb, fused=False)
+    fused_rnn = model_lib.build(vocab.size, units=24, num_layers=layers, embedding_dim=emb, fused=True)
+    for a, b in zip(keras_rnn.model.weights, fused_rnn.model.weights):
+        a.assign(tf.random.normal(a.shape, stddev=0.3, seed=2))
+        b.assign(a)
+    titles = sources.load(TRAIN).take(5)
+    x = vocab.encode(tf.constant(list(titles.as_numpy_iterator()))).to_tensor()  # ragged -> padded
+    lengths = tf.reduce_sum(tf.cast(x != 0, tf.int32), axis=1)
+    assert len(set(lengths.numpy().tolist())) > 1 and x.shape[1] > fused_lstm.PAD_STEPS
+    y = tf.where(x != 0, tf.roll(x, -1, axis=1), 0)
+    states = [tf.random.normal([5, 24], seed=i) for i in range(2 * layers)] if initial else None
+
+    def run(rnn):
+        with tf.GradientTape() as tape:
+            out = rnn.stepper([x, *(states or rnn.zero_states(5))], training=True)
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(y, out[0])
+            loss = tf.reduce_sum(tf.where(y != 0, nll, 0.0)) + sum(tf.reduce_sum(s * 0.1) for s in out[1:])
+        return out, [tf.convert_to_tensor(g) for g in tape.gradient(loss, rnn.model.trainable_weights)]
+
+    (k_out, k_grads), (f_out, f_grads) = run(keras_rnn), run(fused_rnn)
+    real = (x != 0)[..., None]
+    np.testing.assert_allclose(tf.where(real, f_out[0], 0), tf.where(real, k_out[0], 0), atol=2e-5)
+    for k, f in zip(k_out[1:], f_out[1:]):  # each row's states after its own last character
+        np.testing.assert_allclose(f, k, atol=2e-5)
+    for w, k, f in zip(keras_rnn.model.trainable_weights, k_grads, f_grads):
+        np.testing.assert_allclose(f, k, atol=5e-5, err_msg=w.path)
+
+
+def test_fused_lstm_refuses_padding_before_characters(vocab):
+    rnn = model_lib.build(vocab.size, units=16, fused=True)
+    left_padded = tf.constant([[0, 0, 5, 6, 7], [5, 6, 7, 8, 9]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="padding after the characters"):
+        rnn.model(left_padded, training=True)
+    rnn.model(left_padded, training=False)  # inference takes Keras' masked path: fine

@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0 = Adam)")
     g.add_argument("--clipnorm", type=float, help="gradient norm clip (default 1.0, 0 = off)")
     g.add_argument("--ema", type=float, help="keep an exponential moving average of weights (e.g. 0.999); 0 = off")
+    g.add_argument("--fused-lstm", choices=["auto", "on", "off"],
+                   help="train LSTMs with the fused XLA kernel (fused_lstm.py): auto (default) = where it "
+                        "measured faster on CPU (batch <= 16 or units >= 256); never on GPU")
     g.add_argument("--seed", type=int)
     g.add_argument("--sample-every", type=int, help="print samples every N epochs (0 = never)")
     _model_flags(t)

@@ -124,24 +124,27 @@ class Categorical:
 
 
 def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
-    """InvalidArgument with a clear message for anything outside the documented contract."""
+    """InvalidArgument with a clear message for anything outside the documented contract.
+
+    One Assert whose message is the first failed rule's: a dozen separate tf.debugging
+    asserts cost ~0.2 ms per call, a tenth of a short generation's fixed cost.
+    """
     n = tf.size(prompt)
-    checks = [
-        tf.debugging.assert_equal(tf.size(x), n, message=f"{name} must have one value per prompt")
-        for name, x in (("max_length", max_length), ("temperature", temperature),
-                        ("top_k", top_k), ("top_p", top_p), ("seed", seed))
+    rules = [(tf.size(x) != n, f"{name} must have one value per prompt")
+             for name, x in (("max_length", max_length), ("temperature", temperature),
+                             ("top_k", top_k), ("top_p", top_p), ("seed", seed))]
+    rules += [
+        (tf.reduce_any(max_length < 0), "max_length must be >= 0"),
+        (tf.reduce_any(max_length > MAX_NEW_CHARS), f"max_length must be <= {MAX_NEW_CHARS}"),
+        (~tf.reduce_all(tf.math.is_finite(temperature) & (temperature >= 0.0)),
+         "temperature must be finite and >= 0 (0 = greedy)"),
+        (tf.reduce_any(top_k < 0), "top_k must be >= 0 (0 = off)"),
+        (~tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), "top_p must be in (0, 1] (1 = off)"),
     ]
-    checks += [
-        tf.debugging.assert_greater_equal(max_length, 0, message="max_length must be >= 0"),
-        tf.debugging.assert_less_equal(max_length, MAX_NEW_CHARS,
-                                       message=f"max_length must be <= {MAX_NEW_CHARS}"),
-        tf.debugging.assert_equal(tf.math.is_finite(temperature) & (temperature >= 0.0), True,
-                                  message="temperature must be finite and >= 0 (0 = greedy)"),
-        tf.debugging.assert_greater_equal(top_k, 0, message="top_k must be >= 0 (0 = off)"),
-        tf.debugging.assert_equal((top_p > 0.0) & (top_p <= 1.0), True,
-                                  message="top_p must be in (0, 1] (1 = off)"),
-    ]
-    return checks
+    failed = tf.stack([f for f, _ in rules])
+    first = tf.argmax(tf.cast(failed, tf.int32), output_type=tf.int32)
+    message = tf.gather(tf.constant([m for _, m in rules]), first)
+    return [tf.debugging.Assert(~tf.reduce_any(failed), [message])]
 
 
 class Generator(tf.Module):

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
-CELLS = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.SimpleRNN}
+from . import fused_lstm
+
 STATES_PER_CELL = {"lstm": 2, "gru": 1, "rnn": 1}
 
 
@@ -34,6 +36,60 @@ class OneHot(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}
+
+
+@keras.saving.register_keras_serializable(package="tfchargen")
+class LSTM(layers.LSTM):
+    """keras.layers.LSTM (same weights, same math) that can train with fused_lstm.py.
+
+    Args:
+        fused: train with the fused kernel (XLA loops, hand-written backward), which at
+            small batches is ~2x Keras' per-op loop on CPU; False = always Keras' path.
+
+    The fused path runs only when training, on CPU (cuDNN stays in charge on GPU),
+    without recurrent dropout and with the default activations; generation, scoring and
+    exports always take Keras' path, so SavedModels are unchanged. Input dropout keeps
+    Keras' meaning (one mask per sequence, shared by all timesteps). Padding must follow
+    each sequence's characters, as pipeline.py builds it (asserted): padded steps then
+    only give outputs the loss ignores, and the states are each row's after its last
+    real character, as with Keras' masking.
+    """
+
+    def __init__(self, units, fused=False, **kwargs):
+        super().__init__(units, **kwargs)
+        self.fused = fused
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
+
+    def _use_fused(self, training):
+        return (self.fused and bool(training) and not self.recurrent_dropout and not self.go_backwards
+                and not self.stateful and self.use_bias and self.activation is keras.activations.tanh
+                and self.recurrent_activation is keras.activations.sigmoid
+                and not tf.config.list_logical_devices("GPU"))
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if not self._use_fused(training):
+            return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        batch, steps = tf.shape(sequences)[0], tf.shape(sequences)[1]
+        if initial_state is None:
+            h0 = c0 = tf.zeros([batch, self.units], sequences.dtype)
+        else:
+            h0, c0 = initial_state
+        lengths = tf.fill([batch], steps)
+        if mask is not None:
+            lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+            tf.debugging.assert_equal(tf.cast(mask, tf.bool), tf.sequence_mask(lengths, steps),
+                                      message="the fused LSTM needs padding after the characters")
+        if self.dropout:  # Keras' LSTM input dropout: one mask per sequence, every timestep
+            sequences = sequences * tf.nn.dropout(tf.ones_like(sequences[:, 0]), rate=self.dropout)[:, None]
+        cell = self.cell
+        out, h, c = fused_lstm.lstm(sequences, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias, lengths)
+        out = out if self.return_sequences else h
+        return (out, h, c) if self.return_state else out
+
+
+CELLS = {"lstm": LSTM, "gru": layers.GRU, "rnn": layers.SimpleRNN}
 
 
 @dataclass
@@ -125,6 +181,7 @@ def build(
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     use_cudnn: bool | str = "auto",
+    fused: bool = False,
 ) -> CharRNN:
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
@@ -141,6 +198,8 @@ def build(
                       recurrent_dropout=recurrent_dropout, name=f"{cell}_{i}")
         if cell in ("lstm", "gru"):
             kwargs["use_cudnn"] = use_cudnn
+        if cell == "lstm":
+            kwargs["fused"] = fused
         rnns.append(CELLS[cell](units, **kwargs))
     out_dropout = layers.Dropout(dropout, name="output_dropout")
     head = layers.Dense(vocab_size, name="logits")
@@ -165,6 +224,20 @@ def build(
     step_logits, finals = forward(step_ids, states)
     stepper = keras.Model([step_ids, *states], [step_logits, *finals], name="charrnn_stepper")
     return CharRNN(model, stepper, cell, num_layers, units, embed, rnns, head)
+
+
+FUSED_CHOICES = ("auto", "on", "off")
+
+
+def use_fused(choice: str, cell: str, batch_size: int, units: int) -> bool:
+    """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
+    2 CPU cores: batch <= 16 (~1.6x at batch 8), or units >= 256 (~1.3x at LSTM(384),
+    batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x)."""
+    if choice not in FUSED_CHOICES:
+        raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
+    if cell != "lstm" or choice == "off":
+        return False
+    return choice == "on" or batch_size <= 16 or units >= 256
 
 
 def from_config(cfg: dict, vocab_size: int, **overrides) -> CharRNN:

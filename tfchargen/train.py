@@ -51,6 +51,7 @@ DEFAULTS = dict(
     weight_decay=0.0,
     clipnorm=1.0,
     ema=0.0,
+    fused_lstm="auto",  # LSTM training kernel: auto | on | off (model.use_fused)
     seed=0,
     cell="lstm",
     layers=1,
@@ -423,7 +424,9 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
     batches = _training_batches(setup, train_text, vocab, cfg)
 
     with setup.strategy.scope():  # variables (model, optimizer, metrics) mirrored on every replica
-        rnn = model_lib.from_config(cfg, vocab.size)
+        fused = model_lib.use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
+                                    cfg["units"])
+        rnn = model_lib.from_config(cfg, vocab.size, fused=fused)
         rnn.model.compile(
             optimizer=_optimizer(cfg, steps * cfg["epochs"]),
             loss=TokenMeanCrossentropy(),

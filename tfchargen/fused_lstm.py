@@ -1,0 +1,108 @@
+"""The LSTM's training kernel: one XLA-compiled loop forward, one backward.
+
+Keras runs an LSTM on CPU as a tf.while_loop of ~20 small TensorFlow ops per timestep,
+each paying the executor's per-op cost, and its gradient as a second loop that pops
+per-op accumulators. At small batches that overhead, not the matmuls, sets the training
+speed (~230 us per timestep at batch 8 whatever the model size). Here the recurrence is
+written once, forward and backward by hand (``tf.custom_gradient``), and each loop is
+compiled by XLA, which fuses a timestep's gate math into a couple of kernels:
+
+    forward   z_t = xw_t + h_{t-1} @ R;  i, f, g, o = sig, sig, tanh, sig (z_t);
+              c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+    backward  the same steps in reverse; dR = sum_t h_{t-1}^T dz_t as one matmul at the end
+
+Same math and gate order (i, f, c, o) as keras.layers.LSTM with its default activations;
+tests/test_pipeline.py checks outputs and gradients against it. The input projection
+``xw = x @ kernel + bias`` is one matmul over all timesteps, outside the loop.
+
+The time axis is padded to a multiple of PAD_STEPS (zeros after the data), so bucketed
+batches of many lengths share a few compilations; the loops stop at the real length.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+PAD_STEPS = 32
+
+
+def _gates(z):
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _forward(xw, h0, c0, recurrent, steps):
+    """xw [Tp, B, 4U] time-major -> hs, cs [Tp, B, U] and the gates [Tp, B, 4U] (zeros
+    after ``steps``)."""
+    size = tf.shape(xw)[0]
+    hs = tf.TensorArray(xw.dtype, size=size, element_shape=h0.shape)
+    cs = tf.TensorArray(xw.dtype, size=size, element_shape=h0.shape)
+    acts = tf.TensorArray(xw.dtype, size=size, element_shape=xw.shape[1:])
+
+    def body(t, h, c, hs, cs, acts):
+        i, f, g, o = _gates(xw[t] + tf.matmul(h, recurrent))
+        c = f * c + i * g
+        h = o * tf.tanh(c)
+        return t + 1, h, c, hs.write(t, h), cs.write(t, c), acts.write(t, tf.concat([i, f, g, o], -1))
+
+    for_ = (tf.constant(0), h0, c0, hs, cs, acts)
+    _, _, _, hs, cs, acts = tf.while_loop(lambda t, *_: t < steps, body, for_, maximum_iterations=size)
+    return hs.stack(), cs.stack(), acts.stack()
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
+    """Gradients of the forward pass: dxw [Tp, B, 4U], dh0, dc0, drecurrent."""
+    size = tf.shape(hs)[0]
+    dzs = tf.TensorArray(hs.dtype, size=size, element_shape=acts.shape[1:])
+    recurrent_t = tf.transpose(recurrent)
+    c_prev_all = tf.concat([c0[None], cs[:-1]], 0)
+
+    def body(k, dh, dc, dzs):
+        t = steps - 1 - k
+        i, f, g, o = tf.split(acts[t], 4, axis=-1)
+        tc = tf.tanh(cs[t])
+        dh = dh + dhs[t]
+        dc = dc + dcs[t] + dh * o * (1.0 - tc * tc)
+        dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev_all[t] * f * (1.0 - f),
+                        dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
+        return k + 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
+
+    init = (tf.constant(0), tf.zeros_like(h0), tf.zeros_like(c0), dzs)
+    _, dh0, dc0, dzs = tf.while_loop(lambda k, *_: k < steps, body, init, maximum_iterations=size)
+    dz = dzs.stack()
+    h_prev = tf.concat([h0[None], hs[:-1]], 0)
+    drecurrent = tf.einsum("tbu,tbg->ug", h_prev, dz)
+    return dz, dh0, dc0, drecurrent
+
+
+@tf.custom_gradient
+def _sequence(xw, h0, c0, recurrent, steps):
+    # The tape must not trace into the XLA function (its own gradient would need the loop's
+    # TensorLists to cross the XLA boundary): the gradient is grad() below.
+    xw, h0, c0, recurrent = (tf.stop_gradient(t) for t in (xw, h0, c0, recurrent))
+    hs, cs, acts = _forward(xw, h0, c0, recurrent, steps)
+
+    def grad(dhs, dcs):
+        dhs = tf.zeros_like(hs) if dhs is None else dhs
+        dcs = tf.zeros_like(cs) if dcs is None else dcs
+        dxw, dh0, dc0, drec = _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps)
+        return dxw, dh0, dc0, drec, None
+
+    return (hs, cs), grad
+
+
+def lstm(x, h0, c0, kernel, recurrent, bias, lengths):
+    """A whole LSTM sequence with Keras' weights: x [B, T, I] -> outputs [B, T, U] and the
+    states (h, c) after each row's last real step (``lengths`` [B]; padding after them)."""
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    padded = (steps + PAD_STEPS - 1) // PAD_STEPS * PAD_STEPS
+    x = tf.pad(tf.transpose(x, [1, 0, 2]), [[0, padded - steps], [0, 0], [0, 0]])  # [Tp, B, I]
+    xw = tf.einsum("tbi,ig->tbg", x, kernel) + bias
+    run = tf.reduce_max(tf.concat([lengths, [0]], 0))  # no row needs the steps after this
+    hs, cs = _sequence(xw, h0, c0, tf.convert_to_tensor(recurrent), run)  # a read, not the variable
+    outputs = tf.transpose(hs[:steps], [1, 0, 2])
+    last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)
+    had = (lengths > 0)[:, None]
+    return outputs, tf.where(had, tf.gather_nd(hs, last), h0), tf.where(had, tf.gather_nd(cs, last), c0)
