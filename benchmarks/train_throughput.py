@@ -50,6 +50,7 @@ sys.path.insert(0, HERE)  # teaching_baseline sits next to this file, whatever t
 import teaching_baseline  # noqa: E402
 from tfchargen import evaluate, pipeline, sources  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
+from tfchargen import train as train_lib  # noqa: E402
 from tfchargen.train import CharCount  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
@@ -93,11 +94,13 @@ class BudgetTimer(keras.callbacks.Callback):
         self.seconds = seconds
 
     def on_train_begin(self, logs=None):
-        self.times, self.chars, self.slots = [], [], []
+        self.times, self.chars, self.slots, self.steps = [], [], [], []
         self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        # Called once per execution (steps_per_execution steps); `batch` is its last step.
         # float() waits for the step's results, so the timestamp is the step's real end.
+        self.steps.append(batch + 1)
         self.chars.append(float(logs["chars"]))
         self.slots.append(float(logs["slots"]))
         self.times.append(time.perf_counter())
@@ -105,11 +108,15 @@ class BudgetTimer(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def summary(self, warmup):
-        steps = len(self.times)
-        excluded = warmup if steps > warmup else 0  # too few steps: keep all, tracing included
-        if excluded:  # from the end of the last warmup step to the end of the last step
-            t_start, c_start, s_start = (x[excluded - 1] for x in (self.times, self.chars, self.slots))
+        steps = self.steps[-1]
+        # The first record at or after `warmup` steps starts the clock (none, or the last
+        # one: keep all, tracing included).
+        first = next((k for k, n in enumerate(self.steps) if n >= warmup), None)
+        if first is not None and first < len(self.steps) - 1:
+            excluded = self.steps[first]
+            t_start, c_start, s_start = (x[first] for x in (self.times, self.chars, self.slots))
         else:
+            excluded = 0
             t_start, c_start, s_start = self.t0, 0.0, 0.0
         seconds = self.times[-1] - t_start
         chars = self.chars[-1] - c_start
@@ -154,12 +161,15 @@ def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
         optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0),
         metrics=[CharCount(), TargetSlots()],
+        steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/train.py sets it
+            {"steps_per_execution": args.steps_per_execution}, 10**9, "default"),
     )
     batches = pipeline.training_dataset(train_text, vocab, mode=mode, batch_size=batch_size,
                                         window=args.window, seed=args.seed)
     stats = fit_for_budget(rnn.model, batches, args)
     held = evaluate.evaluate_dataset(rnn.model, eval_batches)
     return dict(batch_size=batch_size, mode=mode, learning_rate=lr, vocab_size=vocab.size, fused_lstm=fused,
+                steps_per_execution=args.steps_per_execution,
                 **stats, heldout_nats_per_char=held["nats_per_char"], heldout_chars=held["chars"])
 
 
@@ -195,6 +205,8 @@ def main(argv=None):
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
     p.add_argument("--fused-lstm", choices=model_lib.FUSED_CHOICES, default="auto",
                    help="tfchargen's LSTM training kernel, as `tfchargen train --fused-lstm` (default: %(default)s)")
+    p.add_argument("--steps-per-execution", type=int, default=8,
+                   help="tfchargen's Keras steps_per_execution, as `tfchargen train` (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",

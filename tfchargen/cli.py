@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fused-lstm", choices=["auto", "on", "off"],
                    help="train LSTMs with the fused XLA kernel (fused_lstm.py): auto (default) = where it "
                         "measured faster on CPU (batch <= 16 or units >= 256); never on GPU")
+    g.add_argument("--steps-per-execution", type=int,
+                   help="train steps per tf.function call (Keras; default 8, reduced to divide the epoch)")
     g.add_argument("--seed", type=int)
     g.add_argument("--sample-every", type=int, help="print samples every N epochs (0 = never)")
     _model_flags(t)
