@@ -44,7 +44,7 @@ class LSTM(layers.LSTM):
 
     Args:
         fused: train with the fused kernel (XLA loops, hand-written backward), which at
-            small batches is ~2x Keras' per-op loop on CPU; False = always Keras' path.
+            small batches is ~1.6x Keras' per-op loop on CPU (batch 8); False = always Keras' path.
 
     The fused path runs only when training, on CPU (cuDNN stays in charge on GPU),
     without recurrent dropout and with the default activations; generation, scoring and

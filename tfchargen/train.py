@@ -71,7 +71,7 @@ DEFAULTS = dict(
 PRESETS = {
     # The teaching example's architecture and batch: one LSTM(128) over one-hot, batch 8.
     "teaching": dict(),
-    # The quality recipe for AG News titles on 2 CPU cores in about 15 minutes (README).
+    # The quality recipe for AG News titles: ~9 minutes on 2 CPU cores with the fused LSTM (README).
     "agnews-titles": dict(units=384, embedding_dim=64, dropout=0.25, batch_size=64, learning_rate=3e-3,
                           schedule="cosine", warmup_steps=200, weight_decay=0.05, epochs=15,
                           steps_per_epoch=200, sample_every=5),
