@@ -26,9 +26,17 @@ import tensorflow as tf
 PAD_STEPS = 32
 
 
-def _gates(z):
-    i, f, g, o = tf.split(z, 4, axis=-1)
-    return tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+def _columns(units):
+    """Per gate column (i, f, g, o): the scale s in s tanh(s z) + 1 - s, which is sigmoid for
+    s = 1/2 and tanh for s = 1, and whether the column is g (tanh)."""
+    scale = tf.concat([tf.fill([2 * units], 0.5), tf.ones([units]), tf.fill([units], 0.5)], 0)
+    return scale, scale > 0.75
+
+
+def _activate(z, scale):
+    """All four gates of z [B, 4U] with one tanh. XLA on CPU runs this as one kernel;
+    split-then-activate ran as four and made the whole forward step ~1.5x slower (B=8)."""
+    return scale * tf.tanh(z * scale) + (1.0 - scale)
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -40,11 +48,14 @@ def _forward(xw, h0, c0, recurrent, steps):
     cs = tf.TensorArray(xw.dtype, size=size, element_shape=h0.shape)
     acts = tf.TensorArray(xw.dtype, size=size, element_shape=xw.shape[1:])
 
+    scale, _ = _columns(h0.shape[-1])
+
     def body(t, h, c, hs, cs, acts):
-        i, f, g, o = _gates(xw[t] + tf.matmul(h, recurrent))
+        a = _activate(xw[t] + tf.matmul(h, recurrent), scale)
+        i, f, g, o = tf.split(a, 4, axis=-1)
         c = f * c + i * g
         h = o * tf.tanh(c)
-        return t + 1, h, c, hs.write(t, h), cs.write(t, c), acts.write(t, tf.concat([i, f, g, o], -1))
+        return t + 1, h, c, hs.write(t, h), cs.write(t, c), acts.write(t, a)
 
     for_ = (tf.constant(0), h0, c0, hs, cs, acts)
     _, _, _, hs, cs, acts = tf.while_loop(lambda t, *_: t < steps, body, for_, maximum_iterations=size)
@@ -59,14 +70,16 @@ def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
     recurrent_t = tf.transpose(recurrent)
     c_prev_all = tf.concat([c0[None], cs[:-1]], 0)
 
+    _, is_g = _columns(h0.shape[-1])
+
     def body(k, dh, dc, dzs):
         t = steps - 1 - k
-        i, f, g, o = tf.split(acts[t], 4, axis=-1)
+        a = acts[t]
+        i, f, g, o = tf.split(a, 4, axis=-1)
         tc = tf.tanh(cs[t])
         dh = dh + dhs[t]
         dc = dc + dcs[t] + dh * o * (1.0 - tc * tc)
-        dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev_all[t] * f * (1.0 - f),
-                        dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
+        dz = tf.concat([dc * g, dc * c_prev_all[t], dc * i, dh * tc], -1) * tf.where(is_g, 1.0 - a * a, a * (1.0 - a))
         return k + 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
 
     init = (tf.constant(0), tf.zeros_like(h0), tf.zeros_like(c0), dzs)
