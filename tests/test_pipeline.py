@@ -126,6 +126,33 @@ def test_fused_lstm_trains_exactly_like_keras(vocab, layers, emb, initial):
         np.testing.assert_allclose(f, k, atol=5e-5, err_msg=w.path)
 
 
+def test_weight_drop_is_dropconnect_on_the_recurrent_kernel(vocab):
+    """With weight_drop the fused LSTM trains as Keras' LSTM whose recurrent kernel is R * m / (1 - p)
+    for one mask m per batch (AWD-LSTM's weight-drop); inference uses R itself."""
+    p = 0.5
+    dropped = model_lib.build(vocab.size, units=16, fused=True, weight_drop=p)
+    plain = model_lib.build(vocab.size, units=16, fused=False)
+    for a, b in zip(dropped.model.weights, plain.model.weights):
+        a.assign(tf.random.normal(a.shape, stddev=0.3, seed=4))
+    x = vocab.encode(tf.constant(list(sources.load(TRAIN).take(4).as_numpy_iterator()))).to_tensor()
+    recurrent = dropped.rnns[0].cell.recurrent_kernel
+    with tf.GradientTape() as tape:
+        out = dropped.model(x, training=True)
+        loss = tf.reduce_sum(tf.where((x != 0)[..., None], out, 0.0) ** 2)
+    kept = tf.cast(tape.gradient(loss, recurrent) != 0, tf.float32)  # dropped entries get no gradient
+    assert 0.4 < float(tf.reduce_mean(kept)) < 0.6
+    for a, b in zip(dropped.model.weights, plain.model.weights):
+        b.assign(a)
+    plain.rnns[0].cell.recurrent_kernel.assign(recurrent * kept / (1 - p))
+    real = (x != 0)[..., None]
+    np.testing.assert_allclose(tf.where(real, out, 0), tf.where(real, plain.model(x), 0), atol=2e-5)
+    for a, b in zip(dropped.model.weights, plain.model.weights):
+        b.assign(a)
+    np.testing.assert_allclose(dropped.model(x, training=False), plain.model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="weight_drop needs the fused"):
+        model_lib.build(vocab.size, units=16, fused=False, weight_drop=p).model(x, training=True)
+
+
 def test_fused_lstm_refuses_padding_before_characters(vocab):
     rnn = model_lib.build(vocab.size, units=16, fused=True)
     left_padded = tf.constant([[0, 0, 5, 6, 7], [5, 6, 7, 8, 9]])

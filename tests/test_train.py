@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 from conftest import HELDOUT, ROOT, TRAIN, run_cli
 from tfchargen import sources
@@ -120,3 +121,23 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, extra, match):
 def test_run_dir_with_other_architecture_is_refused(tiny_run):
     r = run_cli("train", "--run-dir", tiny_run, "--train-data", TRAIN, "--units", 64, timeout=120)
     assert r.returncode == 2 and "different" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
+    """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
+    learning rate leaves them exactly as they were); another model shape is refused."""
+    from tfchargen import train as train_lib
+
+    fine = tmp_path / "fine"
+    r = run_cli("train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
+                "--field", "description", "--learning-rate", 0, "--epochs", 1, "--steps-per-epoch", 3,
+                "--sample-every", 0, "--no-export")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (fine / "vocab.txt").read_bytes() == (tiny_run / "vocab.txt").read_bytes()
+    _, _, before = train_lib.load_trained(str(tiny_run))
+    _, _, after = train_lib.load_trained(str(fine))
+    for a, b in zip(before.model.weights, after.model.weights):
+        assert a.path == b.path and bool(tf.reduce_all(a == b)), a.path
+    r = run_cli("train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run,
+                "--train-data", TRAIN, "--units", 24, "--no-export", timeout=120)
+    assert r.returncode == 2 and "--init-from" in r.stderr and "units 32 there, 24 here" in r.stderr, r.stderr[-2000:]

@@ -25,6 +25,8 @@ def _model_flags(p):
     g.add_argument("--embedding-dim", type=int, help="0 = one-hot input (default), else an embedding of this size")
     g.add_argument("--dropout", type=float, help="dropout on RNN inputs and before the output layer (default 0)")
     g.add_argument("--recurrent-dropout", type=float, help="dropout on the recurrent state (default 0)")
+    g.add_argument("--weight-drop", type=float, help="LSTM only: DropConnect on the recurrent kernel while training "
+                   "(AWD-LSTM weight-drop; needs the fused kernel, on CPU); default 0")
 
 
 def _export_flags(p):
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fused-lstm", choices=["auto", "on", "off"],
                    help="train LSTMs with the fused XLA kernel (fused_lstm.py): auto (default) = where it "
                         "measured faster on CPU (batch <= 16 or units >= 256); never on GPU")
+    g.add_argument("--init-from", help="a trained run dir: start from its weights and vocabulary (fine-tune; "
+                   "the model flags must match it)")
     g.add_argument("--steps-per-execution", type=int,
                    help="train steps per tf.function call (Keras; default 8, reduced to divide the epoch)")
     g.add_argument("--seed", type=int)

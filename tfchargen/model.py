@@ -21,6 +21,8 @@ from keras import layers, ops
 from . import fused_lstm
 
 STATES_PER_CELL = {"lstm": 2, "gru": 1, "rnn": 1}
+WEIGHT_DROP_NEEDS_FUSED = ("weight_drop needs the fused LSTM kernel (CPU, --fused-lstm auto/on, no "
+                           "--recurrent-dropout, default activations)")
 
 
 @keras.saving.register_keras_serializable(package="tfchargen")
@@ -45,6 +47,10 @@ class LSTM(layers.LSTM):
     Args:
         fused: train with the fused kernel (XLA loops, hand-written backward), which at
             small batches is ~1.6x Keras' per-op loop on CPU (batch 8); False = always Keras' path.
+        weight_drop: DropConnect on the recurrent kernel while training (AWD-LSTM's
+            weight-drop): one mask per batch over the hidden-to-hidden weights, shared by
+            every timestep and row. Needs the fused path (the kernel takes the dropped
+            matrix as an input); training without it raises.
 
     The fused path runs only when training, on CPU (cuDNN stays in charge on GPU),
     without recurrent dropout and with the default activations; generation, scoring and
@@ -55,12 +61,12 @@ class LSTM(layers.LSTM):
     real character, as with Keras' masking.
     """
 
-    def __init__(self, units, fused=False, **kwargs):
+    def __init__(self, units, fused=False, weight_drop=0.0, **kwargs):
         super().__init__(units, **kwargs)
-        self.fused = fused
+        self.fused, self.weight_drop = fused, weight_drop
 
     def get_config(self):
-        return {**super().get_config(), "fused": self.fused}
+        return {**super().get_config(), "fused": self.fused, "weight_drop": self.weight_drop}
 
     def _use_fused(self, training):
         return (self.fused and bool(training) and not self.recurrent_dropout and not self.go_backwards
@@ -70,6 +76,8 @@ class LSTM(layers.LSTM):
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         if not self._use_fused(training):
+            if self.weight_drop and training:
+                raise ValueError(WEIGHT_DROP_NEEDS_FUSED)
             return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
         batch, steps = tf.shape(sequences)[0], tf.shape(sequences)[1]
         if initial_state is None:
@@ -84,7 +92,10 @@ class LSTM(layers.LSTM):
         if self.dropout:  # Keras' LSTM input dropout: one mask per sequence, every timestep
             sequences = sequences * tf.nn.dropout(tf.ones_like(sequences[:, 0]), rate=self.dropout)[:, None]
         cell = self.cell
-        out, h, c = fused_lstm.lstm(sequences, h0, c0, cell.kernel, cell.recurrent_kernel, cell.bias, lengths)
+        recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
+        if self.weight_drop:
+            recurrent = tf.nn.dropout(recurrent, rate=self.weight_drop)
+        out, h, c = fused_lstm.lstm(sequences, h0, c0, cell.kernel, recurrent, cell.bias, lengths)
         out = out if self.return_sequences else h
         return (out, h, c) if self.return_state else out
 
@@ -182,6 +193,7 @@ def build(
     recurrent_dropout: float = 0.0,
     use_cudnn: bool | str = "auto",
     fused: bool = False,
+    weight_drop: float = 0.0,
 ) -> CharRNN:
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
@@ -199,7 +211,9 @@ def build(
         if cell in ("lstm", "gru"):
             kwargs["use_cudnn"] = use_cudnn
         if cell == "lstm":
-            kwargs["fused"] = fused
+            kwargs.update(fused=fused, weight_drop=weight_drop)
+        elif weight_drop:
+            raise ValueError(f"weight_drop is implemented for LSTMs only, not {cell}")
         rnns.append(CELLS[cell](units, **kwargs))
     out_dropout = layers.Dropout(dropout, name="output_dropout")
     head = layers.Dense(vocab_size, name="logits")
@@ -229,21 +243,22 @@ def build(
 FUSED_CHOICES = ("auto", "on", "off")
 
 
-def use_fused(choice: str, cell: str, batch_size: int, units: int) -> bool:
+def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0) -> bool:
     """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
     2 CPU cores: batch <= 16 (~1.6x at batch 8), or units >= 256 (~1.3x at LSTM(384),
-    batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x)."""
+    batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x).
+    Weight-drop exists only in the fused kernel, so auto picks it then."""
     if choice not in FUSED_CHOICES:
         raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
     if cell != "lstm" or choice == "off":
         return False
-    return choice == "on" or batch_size <= 16 or units >= 256
+    return choice == "on" or batch_size <= 16 or units >= 256 or weight_drop > 0
 
 
 def from_config(cfg: dict, vocab_size: int, **overrides) -> CharRNN:
     """Builds the model a run's config.json describes."""
     kw = dict(cell=cfg["cell"], num_layers=cfg["layers"], units=cfg["units"],
               embedding_dim=cfg["embedding_dim"], dropout=cfg["dropout"],
-              recurrent_dropout=cfg.get("recurrent_dropout", 0.0))
+              recurrent_dropout=cfg.get("recurrent_dropout", 0.0), weight_drop=cfg.get("weight_drop", 0.0))
     kw.update(overrides)
     return build(vocab_size, **kw)

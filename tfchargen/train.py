@@ -60,6 +60,8 @@ DEFAULTS = dict(
     embedding_dim=0,
     dropout=0.0,
     recurrent_dropout=0.0,
+    weight_drop=0.0,  # DropConnect on the LSTM's recurrent kernel (fused kernel only; model.LSTM)
+    init_from=None,  # a finished run dir: start from its weights and vocabulary (fine-tuning)
     tfds_data_dir=None,
     bad_rows="error",  # malformed rows of csv: sources: error | skip (sources.py)
     sample_every=1,
@@ -81,7 +83,9 @@ PRESETS = {
 
 # Settings that must not change when a run is resumed: they shape the weights/vocabulary.
 # (Not `strategy`: weights checkpoints are strategy-independent, so a run may resume under another.)
-ARCH_KEYS = ("train_data", "field", "description_chars", "cell", "layers", "units", "embedding_dim")
+ARCH_KEYS = ("train_data", "field", "description_chars", "cell", "layers", "units", "embedding_dim", "init_from")
+# What --init-from's run must share with the new run: the weights' shapes.
+MODEL_KEYS = ("cell", "layers", "units", "embedding_dim")
 
 SAMPLE_PROMPTS = ("Today ", "On Sunday ")
 SAMPLE_TEMPERATURES = (0.0, 0.5, 1.0)
@@ -391,6 +395,16 @@ def train(cfg: dict, run_dir: str, log=print, verbose="auto") -> dict:
             shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _init_from(cfg) -> str:
+    """Checks ``--init-from``'s run against this one; returns the weights file to start from."""
+    src = cfg["init_from"]
+    old = {**DEFAULTS, **load_config(src)}
+    changed = [f"{k} {old[k]!r} there, {cfg[k]!r} here" for k in MODEL_KEYS if old[k] != cfg[k]]
+    if changed:
+        raise ValueError(f"--init-from {src}: a different model ({'; '.join(changed)})")
+    return _weights_file(src)
+
+
 def steps_per_execution(cfg, steps_per_epoch, strategy_name):
     """Keras' steps_per_execution: N train steps per call, so Python's per-step cost (~4 ms,
     half of a batch-8 step) is paid once per N. Keras rounds an epoch up to a multiple of
@@ -413,8 +427,14 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
 
     train_text = sources.load(cfg["train_data"], cfg["field"], cfg["tfds_data_dir"], cfg["description_chars"], cfg["bad_rows"])
     vocab_path = os.path.join(run_dir, VOCAB_FILE)
+    init_weights = _init_from(cfg) if cfg["init_from"] else None
     if os.path.exists(vocab_path):
         vocab = Vocabulary(vocab_path)
+    elif init_weights:  # the weights index the old run's vocabulary: keep it
+        os.makedirs(out_dir, exist_ok=True)
+        shutil.copyfile(os.path.join(cfg["init_from"], VOCAB_FILE), os.path.join(out_dir, VOCAB_FILE) + ".tmp")
+        os.replace(os.path.join(out_dir, VOCAB_FILE) + ".tmp", os.path.join(out_dir, VOCAB_FILE))
+        vocab = Vocabulary(os.path.join(out_dir, VOCAB_FILE))
     else:
         vocab = Vocabulary.build((t.decode("utf-8", "replace") for t in train_text.as_numpy_iterator()), out_dir)
     log(f"vocabulary: {vocab.size} ids ({len(vocab.chars)} characters + <pad> + <eos>)")
@@ -437,8 +457,13 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
 
     with setup.strategy.scope():  # variables (model, optimizer, metrics) mirrored on every replica
         fused = model_lib.use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
-                                    cfg["units"])
+                                    cfg["units"], cfg["weight_drop"])
+        if cfg["weight_drop"] and cfg["cell"] == "lstm" and (
+                not fused or cfg["recurrent_dropout"] or tf.config.list_logical_devices("GPU")):
+            raise ValueError(model_lib.WEIGHT_DROP_NEEDS_FUSED)
         rnn = model_lib.from_config(cfg, vocab.size, fused=fused)
+        if init_weights:  # a resumed run then restores its own backup over these (BackupAndRestore)
+            rnn.model.load_weights(init_weights)
         rnn.model.compile(
             optimizer=_optimizer(cfg, steps * cfg["epochs"]),
             loss=TokenMeanCrossentropy(),
@@ -496,12 +521,17 @@ def load_trained(run_dir: str, **overrides):
     cfg = {**DEFAULTS, **load_config(run_dir)}
     vocab = Vocabulary(os.path.join(run_dir, VOCAB_FILE))
     rnn = model_lib.from_config(cfg, vocab.size, **overrides)
-    final = os.path.join(run_dir, "model.weights.h5")
-    if not os.path.exists(final):
-        ckpts = sorted(n for n in os.listdir(os.path.join(run_dir, "checkpoints"))
-                       if EPOCH_CKPT.fullmatch(n)) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
-        if not ckpts:
-            raise FileNotFoundError(f"{run_dir} has no trained weights yet")
-        final = os.path.join(run_dir, "checkpoints", ckpts[-1])
-    rnn.model.load_weights(final)
+    rnn.model.load_weights(_weights_file(run_dir))
     return cfg, vocab, rnn
+
+
+def _weights_file(run_dir: str) -> str:
+    """The run's final weights, else its newest epoch checkpoint."""
+    final = os.path.join(run_dir, "model.weights.h5")
+    if os.path.exists(final):
+        return final
+    ckpts = sorted(n for n in os.listdir(os.path.join(run_dir, "checkpoints"))
+                   if EPOCH_CKPT.fullmatch(n)) if os.path.isdir(os.path.join(run_dir, "checkpoints")) else []
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir} has no trained weights yet")
+    return os.path.join(run_dir, "checkpoints", ckpts[-1])
