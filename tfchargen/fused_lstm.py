@@ -72,18 +72,19 @@ def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
 
     _, is_g = _columns(h0.shape[-1])
 
-    def body(k, dh, dc, dzs):
-        t = steps - 1 - k
+    def body(t, dh, dc, dzs):  # t = steps - 1 down to 0
         a = acts[t]
         i, f, g, o = tf.split(a, 4, axis=-1)
         tc = tf.tanh(cs[t])
         dh = dh + dhs[t]
         dc = dc + dcs[t] + dh * o * (1.0 - tc * tc)
         dz = tf.concat([dc * g, dc * c_prev_all[t], dc * i, dh * tc], -1) * tf.where(is_g, 1.0 - a * a, a * (1.0 - a))
-        return k + 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
+        return t - 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
 
-    init = (tf.constant(0), tf.zeros_like(h0), tf.zeros_like(c0), dzs)
-    _, dh0, dc0, dzs = tf.while_loop(lambda k, *_: k < steps, body, init, maximum_iterations=size)
+    # The counter starts at steps - 1 (a runtime value): indexing with steps - 1 - k made
+    # XLA take ``steps`` as a compile-time constant, one compilation per sequence length.
+    init = (steps - 1, tf.zeros_like(h0), tf.zeros_like(c0), dzs)
+    _, dh0, dc0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, init, maximum_iterations=size)
     dz = dzs.stack()
     h_prev = tf.concat([h0[None], hs[:-1]], 0)
     drecurrent = tf.einsum("tbu,tbg->ug", h_prev, dz)
