@@ -175,6 +175,24 @@ def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
 
 # -----------------------------------------------------------------------------
 
+def cpu_ticks():
+    """(steal, total) jiffies of all CPUs from /proc/stat (Linux; None elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_fraction(before, after):
+    """Share of CPU time the hypervisor gave to other guests while a variant ran: on a
+    shared VM it slows a run without any process here to see (comparisons need it low)."""
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def machine_info():
     return {
         "cpu_count": os.cpu_count(),
@@ -243,8 +261,10 @@ def main(argv=None):
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
                        "--variants", name, "--variant-json", one]
+                before = cpu_ticks()
                 subprocess.run(cmd, check=True)
                 results[name] = json.load(open(one, encoding="utf-8"))
+                results[name]["cpu_steal_fraction"] = steal_fraction(before, cpu_ticks())
             continue
         keras.backend.clear_session()
         keras.utils.set_random_seed(args.seed)  # same init and shuffling seed for every variant
@@ -276,14 +296,15 @@ def main(argv=None):
             r["meets_target"] = bool(base) and r["speedup_vs_teaching"] >= TARGETS[name]
 
     print(f"\n{'variant':<21} {'batch':>5} {'mode':<9} {'steps':>6} {'ms/step':>8} {'chars/s':>9} "
-          f"{'speedup':>8} {'pad%':>5} {'held-out nats/char':>19}  target")
+          f"{'speedup':>8} {'pad%':>5} {'held-out nats/char':>19} {'steal%':>6}  target")
     for name, r in results.items():
         speed = f"{r['speedup_vs_teaching']:.2f}x" if r["speedup_vs_teaching"] else "-"
+        steal = "-" if r.get("cpu_steal_fraction") is None else f"{100 * r['cpu_steal_fraction']:.1f}"
         target = "-" if name not in TARGETS else (
             f">={TARGETS[name]:g}x {'met' if r['meets_target'] else 'MISSED'}")
         print(f"{name:<21} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6} {r['ms_per_step']:>8.1f} "
               f"{r['chars_per_second']:>9.0f} {speed:>8} {100 * r['padding_fraction']:>5.1f} "
-              f"{r['heldout_nats_per_char']:>19.4f}  {target}")
+              f"{r['heldout_nats_per_char']:>19.4f} {steal:>6}  {target}")
 
     report = {
         "benchmark": "train_throughput",
@@ -302,6 +323,8 @@ def main(argv=None):
                                 "after the first warmup_steps steps",
             "heldout_nats_per_char": "sum of -log p over every real target of the held-out titles "
                                      "(each character after the first, plus <eos>) / their count",
+            "cpu_steal_fraction": "share of the machine's CPU time taken by the hypervisor for other "
+                                  "guests while the variant's process ran (/proc/stat steal)",
         },
         "targets": {k: {"min_speedup_vs_teaching": v,
                         "meets_target": results[k]["meets_target"] if k in results else None}
