@@ -46,7 +46,8 @@ class LSTM(layers.LSTM):
 
     Args:
         fused: train with the fused kernel (XLA loops, hand-written backward), which at
-            small batches is ~1.6x Keras' per-op loop on CPU (batch 8); False = always Keras' path.
+            small batches is 2-3x Keras' per-op loop on CPU (batch 8, after its recompilation
+            fix); False = always Keras' path.
         weight_drop: DropConnect on the recurrent kernel while training (AWD-LSTM's
             weight-drop): one mask per batch over the hidden-to-hidden weights, shared by
             every timestep and row. Needs the fused path (the kernel takes the dropped
