@@ -46,8 +46,8 @@ class LSTM(layers.LSTM):
 
     Args:
         fused: train with the fused kernel (XLA loops, hand-written backward), which at
-            small batches is 2-3x Keras' per-op loop on CPU (batch 8, after its recompilation
-            fix); False = always Keras' path.
+            small batches is ~2.8x Keras' per-op loop on CPU (batch 8, examples mode: 18 vs
+            51 ms per step); False = always Keras' path.
         weight_drop: DropConnect on the recurrent kernel while training (AWD-LSTM's
             weight-drop): one mask per batch over the hidden-to-hidden weights, shared by
             every timestep and row. Needs the fused path (the kernel takes the dropped
@@ -246,8 +246,8 @@ FUSED_CHOICES = ("auto", "on", "off")
 
 def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0) -> bool:
     """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
-    2 CPU cores: batch <= 16 (~1.6x at batch 8), or units >= 256 (~1.3x at LSTM(384),
-    batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x).
+    2 CPU cores: batch <= 16 (2.8x at batch 8 in examples mode), or units >= 256 (~1.3x at
+    LSTM(384), batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x).
     Weight-drop exists only in the fused kernel, so auto picks it then."""
     if choice not in FUSED_CHOICES:
         raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
