@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                      # 120 s per variant
     python benchmarks/train_throughput.py --budget-seconds 10 --out /tmp/tt.json
+    python benchmarks/train_throughput.py --rounds 3 --budget-seconds 60   # medians of 3
 
 Variants, each trained for the same wall-clock budget on CSV rows 1..6000 (titles):
 
@@ -226,6 +227,9 @@ def main(argv=None):
     p.add_argument("--steps-per-execution", type=int, default=8,
                    help="tfchargen's Keras steps_per_execution, as `tfchargen train` (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every variant this many times, alternating the order; report medians "
+                        "(on a shared VM single runs drift: README)")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",
                    help="run the variants in this process (default: each in a fresh subprocess)")
@@ -237,6 +241,8 @@ def main(argv=None):
         p.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if not os.path.isfile(args.data):
         p.error(f"no such file: {args.data}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
 
     # The same cleaned titles feed every variant: tfchargen's CSV reader, then Python lists
     # for the teaching example (which built its batches from Python strings).
@@ -251,9 +257,8 @@ def main(argv=None):
     print(f"data: {args.data}  train titles {len(train_list)}  held-out titles {len(heldout_list)}  "
           f"vocab {vocab.size}  budget {args.budget_seconds:g}s/variant")
 
-    load_before = os.getloadavg()
-    results = {}
-    for name in variants:
+    def run_one(name):
+        """One variant trained for the budget: a dict of its measurements."""
         if not args.in_process and not args.variant_json:
             # A fresh process per variant: threads and caches left behind by one variant's
             # pipeline (py_function iterators, prefetch buffers) slowed the next by 10-40%.
@@ -263,9 +268,9 @@ def main(argv=None):
                        "--variants", name, "--variant-json", one]
                 before = cpu_ticks()
                 subprocess.run(cmd, check=True)
-                results[name] = json.load(open(one, encoding="utf-8"))
-                results[name]["cpu_steal_fraction"] = steal_fraction(before, cpu_ticks())
-            continue
+                r = json.load(open(one, encoding="utf-8"))
+                r["cpu_steal_fraction"] = steal_fraction(before, cpu_ticks())
+                return r
         keras.backend.clear_session()
         keras.utils.set_random_seed(args.seed)  # same init and shuffling seed for every variant
         print(f"[{name}] training for {args.budget_seconds:g}s ...", flush=True)
@@ -278,33 +283,66 @@ def main(argv=None):
         else:
             r = run_tfchargen(train_text, eval_batches, vocab, args.tuned_batch, args.tuned_mode,
                               args.tuned_lr, args)
-        results[name] = r
-        if args.variant_json:
-            with open(args.variant_json, "w", encoding="utf-8") as f:
-                json.dump(r, f)
         print(f"[{name}] {r['steps']} steps, {r['chars_per_second']:.0f} chars/s, "
               f"{r['ms_per_step']:.1f} ms/step, held-out {r['heldout_nats_per_char']:.4f} nats/char", flush=True)
+        return r
 
-    if args.variant_json:
-        return results
-    base = results.get("teaching")
-    for name, r in results.items():
-        r["speedup_vs_teaching"] = r["chars_per_second"] / base["chars_per_second"] if base else None
-        r["ms_per_step_vs_teaching"] = r["ms_per_step"] / base["ms_per_step"] if base else None
+    if args.variant_json:  # the child process of run_one
+        r = run_one(variants[0])
+        with open(args.variant_json, "w", encoding="utf-8") as f:
+            json.dump(r, f)
+        return r
+
+    load_before = os.getloadavg()
+    rounds = []
+    for k in range(args.rounds):
+        # Every other round runs the variants in reverse order: on a shared VM whose speed
+        # drifts, each variant then sits as often early as late, next to the teaching run
+        # its ratio is taken against.
+        order = variants if k % 2 == 0 else variants[::-1]
+        if args.rounds > 1:
+            print(f"round {k + 1}/{args.rounds}: {', '.join(order)}", flush=True)
+        measured = {name: run_one(name) for name in order}
+        base = measured.get("teaching")
+        for r in measured.values():
+            r["speedup_vs_teaching"] = r["chars_per_second"] / base["chars_per_second"] if base else None
+            r["ms_per_step_vs_teaching"] = r["ms_per_step"] / base["ms_per_step"] if base else None
+        rounds.append({name: measured[name] for name in variants})
+
+    results = {}
+    for name in variants:
+        runs = [rd[name] for rd in rounds]
+        if len(runs) == 1:
+            r = runs[0]
+        else:  # the median of each figure; the speedup is the median of the per-round ratios
+            r = dict(runs[0])
+            for key in ("chars_per_second", "ms_per_step", "padding_fraction", "heldout_nats_per_char",
+                        "speedup_vs_teaching", "ms_per_step_vs_teaching", "cpu_steal_fraction", "steps"):
+                vals = [x[key] for x in runs if x.get(key) is not None]
+                r[key] = float(np.median(vals)) if vals else None
+            r["speedup_range"] = ([min(x["speedup_vs_teaching"] for x in runs), max(x["speedup_vs_teaching"] for x in runs)]
+                                  if runs[0]["speedup_vs_teaching"] and name != "teaching" else None)
+            r["rounds"] = runs
         if name in TARGETS:
             r["target_speedup"] = TARGETS[name]
-            r["meets_target"] = bool(base) and r["speedup_vs_teaching"] >= TARGETS[name]
+            r["meets_target"] = r["speedup_vs_teaching"] is not None and r["speedup_vs_teaching"] >= TARGETS[name]
+        results[name] = r
 
     print(f"\n{'variant':<21} {'batch':>5} {'mode':<9} {'steps':>6} {'ms/step':>8} {'chars/s':>9} "
           f"{'speedup':>8} {'pad%':>5} {'held-out nats/char':>19} {'steal%':>6}  target")
     for name, r in results.items():
         speed = f"{r['speedup_vs_teaching']:.2f}x" if r["speedup_vs_teaching"] else "-"
+        if r.get("speedup_range"):
+            lo, hi = r["speedup_range"]
+            target_note = f" (rounds: {lo:.2f}-{hi:.2f}x)"
+        else:
+            target_note = ""
         steal = "-" if r.get("cpu_steal_fraction") is None else f"{100 * r['cpu_steal_fraction']:.1f}"
         target = "-" if name not in TARGETS else (
             f">={TARGETS[name]:g}x {'met' if r['meets_target'] else 'MISSED'}")
-        print(f"{name:<21} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6} {r['ms_per_step']:>8.1f} "
+        print(f"{name:<21} {r['batch_size']:>5} {r['mode'].split()[0]:<9} {r['steps']:>6.0f} {r['ms_per_step']:>8.1f} "
               f"{r['chars_per_second']:>9.0f} {speed:>8} {100 * r['padding_fraction']:>5.1f} "
-              f"{r['heldout_nats_per_char']:>19.4f} {steal:>6}  {target}")
+              f"{r['heldout_nats_per_char']:>19.4f} {steal:>6}  {target}{target_note}")
 
     report = {
         "benchmark": "train_throughput",
@@ -313,7 +351,7 @@ def main(argv=None):
             "data": os.path.abspath(args.data), "field": "title",
             "train_rows": f"1-{n}", "heldout_rows": f"{n + 1}-end",
             "train_titles": len(train_list), "heldout_titles": len(heldout_list),
-            "budget_seconds": args.budget_seconds, "warmup_steps": args.warmup_steps,
+            "budget_seconds": args.budget_seconds, "warmup_steps": args.warmup_steps, "rounds": args.rounds,
             "model": "one-hot -> LSTM(128) -> Dense(vocab)", "seed": args.seed,
             "tuned": {"batch_size": args.tuned_batch, "mode": args.tuned_mode, "learning_rate": args.tuned_lr},
         },
