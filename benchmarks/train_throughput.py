@@ -202,6 +202,32 @@ def steal_fraction(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
+@tf.function(autograph=False)
+def _matmul_loop(a, b):
+    return tf.while_loop(lambda i, s: i < 50, lambda i, s: (i + 1, s + tf.matmul(a, b)),
+                         (tf.constant(0), tf.zeros([a.shape[0], b.shape[1]])))[1]
+
+
+def machine_probe(reps=5):
+    """The machine's speed just before a variant, on the two kinds of work that drift apart
+    on a shared VM: the teaching example is bound by Python, tfchargen by matmuls. Medians
+    of ``reps`` ~0.1 s trials: dense GFLOP/s at the tuned step's shape ([256, 212] x
+    [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates) and a pure-Python loop's
+    additions per second."""
+    a, b = tf.random.normal([256, 212]), tf.random.normal([212, 512])
+    _matmul_loop(a, b).numpy()  # trace
+    gflops, python = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        _matmul_loop(a, b).numpy()
+        gflops.append(50 * 2 * 256 * 212 * 512 / (time.perf_counter() - t) / 1e9)
+        t, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        python.append(1.0 / (time.perf_counter() - t))
+    return {"matmul_gflops": float(np.median(gflops)), "python_million_adds_per_second": float(np.median(python))}
+
+
 def machine_info():
     return {
         "cpu_count": os.cpu_count(),
@@ -274,11 +300,16 @@ def main(argv=None):
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
                        "--variants", name, "--variant-json", one]
+                probe = machine_probe()
                 before = cpu_ticks()
                 subprocess.run(cmd, check=True)
                 r = json.load(open(one, encoding="utf-8"))
                 r["cpu_steal_fraction"] = steal_fraction(before, cpu_ticks())
+                r["machine_probe_before"] = probe
+                print(f"[{name}] machine before it: {probe['matmul_gflops']:.0f} matmul GFLOP/s, "
+                      f"{probe['python_million_adds_per_second']:.1f}M Python adds/s", flush=True)
                 return r
+        probe = None if args.variant_json else machine_probe()  # (a child's parent probed already)
         keras.backend.clear_session()
         keras.utils.set_random_seed(args.seed)  # same init and shuffling seed for every variant
         print(f"[{name}] training for {args.budget_seconds:g}s ...", flush=True)
@@ -291,6 +322,8 @@ def main(argv=None):
         else:
             r = run_tfchargen(train_text, eval_batches, vocab, args.tuned_batch, args.tuned_mode,
                               args.tuned_lr, args)
+        if probe:
+            r["machine_probe_before"] = probe
         print(f"[{name}] {r['steps']} steps, {r['chars_per_second']:.0f} chars/s, "
               f"{r['ms_per_step']:.1f} ms/step, held-out {r['heldout_nats_per_char']:.4f} nats/char", flush=True)
         return r
@@ -334,6 +367,9 @@ def main(argv=None):
                 r[key] = float(np.median(vals)) if vals else None
             r["speedup_range"] = ([min(x["speedup_vs_teaching"] for x in runs), max(x["speedup_vs_teaching"] for x in runs)]
                                   if runs[0]["speedup_vs_teaching"] and name != "teaching" else None)
+            probes = [x["machine_probe_before"] for x in runs if x.get("machine_probe_before")]
+            r["machine_probe_before"] = ({k: float(np.median([pr[k] for pr in probes])) for k in probes[0]}
+                                         if probes else None)
             r["rounds"] = runs
         if name in TARGETS:
             r["target_speedup"] = TARGETS[name]
@@ -383,6 +419,11 @@ def main(argv=None):
                        "--rounds > 1 every figure is the median over rounds",
             "cpu_steal_fraction": "share of the machine's CPU time taken by the hypervisor for other "
                                   "guests while the variant's process ran (/proc/stat steal)",
+            "machine_probe_before": "measured just before the variant's process started: dense "
+                                    "matmul GFLOP/s at the tuned step's shape and a Python loop's "
+                                    "million additions per second (medians of 5 short trials); "
+                                    "a ratio between variants whose probes differ compares "
+                                    "different machines",
         },
         "targets": {k: {"min_speedup_vs_teaching": v,
                         "meets_target": results[k]["meets_target"] if k in results else None,
