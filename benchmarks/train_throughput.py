@@ -194,7 +194,7 @@ def run_teaching(train_list, heldout_list, args):
 
 
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args):
-    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128)  # as tfchargen/train.py decides
+    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
     rnn.model.compile(  # as tfchargen/train.py compiles it
         optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),

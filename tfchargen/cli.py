@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema", type=float, help="keep an exponential moving average of weights (e.g. 0.999); 0 = off")
     g.add_argument("--fused-lstm", choices=["auto", "on", "off"],
                    help="train LSTMs with the fused XLA kernel (fused_lstm.py): auto (default) = where it "
-                        "measured faster on CPU (batch <= 16 or units >= 256); never on GPU")
+                        "measured faster on CPU (batch <= 16, units >= 256, or one-hot input without "
+                        "dropout); never on GPU")
     g.add_argument("--init-from", help="a trained run dir: start from its weights and vocabulary (fine-tune; "
                    "the model flags must match it)")
     g.add_argument("--steps-per-execution", type=int,

@@ -9,21 +9,24 @@ compiled by XLA, which fuses a timestep's gate math into a couple of kernels:
 
     forward   z_t = xw_t + h_{t-1} @ R;  i, f, g, o = sig, sig, tanh, sig (z_t);
               c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
-    backward  the same steps in reverse; dR = sum_t h_{t-1}^T dz_t as one matmul at the end
+    backward  the same steps in reverse; dR = sum_t h_{t-1}^T dz_t as one matmul after it
 
 Same math and gate order (i, f, c, o) as keras.layers.LSTM with its default activations;
 tests/test_pipeline.py checks outputs and gradients against it. The input projection
-``xw = x @ kernel + bias`` is one matmul over all timesteps, outside the loop.
+``xw = x @ kernel + bias`` is one matmul over all timesteps, outside the loop; for one-hot
+inputs (``ids``) it is a row gather, and its kernel gradient a segment sum of dz by id
+(an 84-wide matmul and its gradient were a fifth of a batch-256 step).
 
 The time axis is padded to a multiple of PAD_STEPS (zeros after the data), so bucketed
-batches of many lengths share a few compilations; the loops stop at the real length.
+batches of many lengths share a few compilations; the loops stop at the real length. The
+work outside the loops (projection, dR) runs in TensorFlow on the real length, unpadded.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-PAD_STEPS = 32
+PAD_STEPS = 16  # 32 cost ~6% at batch 8 (examples mode) in padded steps; each bucket compiles twice
 
 
 def _columns(units):
@@ -64,7 +67,7 @@ def _forward(xw, h0, c0, recurrent, steps):
 
 @tf.function(jit_compile=True, autograph=False)
 def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
-    """Gradients of the forward pass: dxw [Tp, B, 4U], dh0, dc0, drecurrent."""
+    """Gradients of the forward pass: dxw [Tp, B, 4U] (zeros after ``steps``), dh0, dc0."""
     size = tf.shape(hs)[0]
     dzs = tf.TensorArray(hs.dtype, size=size, element_shape=acts.shape[1:])
     recurrent_t = tf.transpose(recurrent)
@@ -85,10 +88,7 @@ def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
     # XLA take ``steps`` as a compile-time constant, one compilation per sequence length.
     init = (steps - 1, tf.zeros_like(h0), tf.zeros_like(c0), dzs)
     _, dh0, dc0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, init, maximum_iterations=size)
-    dz = dzs.stack()
-    h_prev = tf.concat([h0[None], hs[:-1]], 0)
-    drecurrent = tf.einsum("tbu,tbg->ug", h_prev, dz)
-    return dz, dh0, dc0, drecurrent
+    return dzs.stack(), dh0, dc0
 
 
 @tf.custom_gradient
@@ -101,19 +101,40 @@ def _sequence(xw, h0, c0, recurrent, steps):
     def grad(dhs, dcs):
         dhs = tf.zeros_like(hs) if dhs is None else dhs
         dcs = tf.zeros_like(cs) if dcs is None else dcs
-        dxw, dh0, dc0, drec = _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps)
+        dxw, dh0, dc0 = _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps)
+        # dR over the real steps only, outside XLA: TF's matmul was faster here than XLA's
+        # dot, and XLA would have to take all Tp padded steps.
+        units = h0.shape[-1]
+        h_prev = tf.concat([h0[None], hs[:tf.maximum(steps - 1, 0)]], 0)[:steps]
+        drec = tf.matmul(tf.reshape(h_prev, [-1, units]), tf.reshape(dxw[:steps], [-1, 4 * units]),
+                         transpose_a=True)
         return dxw, dh0, dc0, drec, None
 
     return (hs, cs), grad
 
 
-def lstm(x, h0, c0, kernel, recurrent, bias, lengths):
+@tf.custom_gradient
+def _gathered_projection(kernel, bias, ids):
+    """one_hot(ids) @ kernel + bias as a row gather, ids [T, B] -> [T, B, 4U]. The gradient
+    is dense (a segment sum of dz by id): a sparse one cost more than the matmul it saved."""
+    def grad(dxw):
+        flat = tf.reshape(dxw, [-1, tf.shape(kernel)[1]])
+        return tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), tf.shape(kernel)[0]), tf.reduce_sum(flat, 0), None
+
+    return tf.gather(kernel, ids) + bias, grad
+
+
+def lstm(x, h0, c0, kernel, recurrent, bias, lengths, ids=None):
     """A whole LSTM sequence with Keras' weights: x [B, T, I] -> outputs [B, T, U] and the
-    states (h, c) after each row's last real step (``lengths`` [B]; padding after them)."""
+    states (h, c) after each row's last real step (``lengths`` [B]; padding after them).
+    ``ids`` [B, T]: x is one_hot(ids), so the input projection gathers kernel rows."""
     batch, steps = tf.shape(x)[0], tf.shape(x)[1]
     padded = (steps + PAD_STEPS - 1) // PAD_STEPS * PAD_STEPS
-    x = tf.pad(tf.transpose(x, [1, 0, 2]), [[0, padded - steps], [0, 0], [0, 0]])  # [Tp, B, I]
-    xw = tf.einsum("tbi,ig->tbg", x, kernel) + bias
+    if ids is not None:
+        xw = _gathered_projection(tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias), tf.transpose(ids))
+    else:
+        xw = tf.einsum("bti,ig->tbg", x, kernel) + bias
+    xw = tf.pad(xw, [[0, padded - steps], [0, 0], [0, 0]])  # [Tp, B, 4U], zeros after the data
     run = tf.reduce_max(tf.concat([lengths, [0]], 0))  # no row needs the steps after this
     hs, cs = _sequence(xw, h0, c0, tf.convert_to_tensor(recurrent), run)  # a read, not the variable
     outputs = tf.transpose(hs[:steps], [1, 0, 2])

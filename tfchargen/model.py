@@ -52,6 +52,9 @@ class LSTM(layers.LSTM):
             weight-drop): one mask per batch over the hidden-to-hidden weights, shared by
             every timestep and row. Needs the fused path (the kernel takes the dropped
             matrix as an input); training without it raises.
+        one_hot_input: the inputs are exact one-hot vectors (build() sets it for a first
+            layer after OneHot), so the fused path gathers kernel rows by id instead of
+            multiplying (1.25x at batch 256). Not with input dropout, which scales them.
 
     The fused path runs only when training, on CPU (cuDNN stays in charge on GPU),
     without recurrent dropout and with the default activations; generation, scoring and
@@ -62,12 +65,13 @@ class LSTM(layers.LSTM):
     real character, as with Keras' masking.
     """
 
-    def __init__(self, units, fused=False, weight_drop=0.0, **kwargs):
+    def __init__(self, units, fused=False, weight_drop=0.0, one_hot_input=False, **kwargs):
         super().__init__(units, **kwargs)
-        self.fused, self.weight_drop = fused, weight_drop
+        self.fused, self.weight_drop, self.one_hot_input = fused, weight_drop, one_hot_input
 
     def get_config(self):
-        return {**super().get_config(), "fused": self.fused, "weight_drop": self.weight_drop}
+        return {**super().get_config(), "fused": self.fused, "weight_drop": self.weight_drop,
+                "one_hot_input": self.one_hot_input}
 
     def _use_fused(self, training):
         return (self.fused and bool(training) and not self.recurrent_dropout and not self.go_backwards
@@ -90,13 +94,16 @@ class LSTM(layers.LSTM):
             lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
             tf.debugging.assert_equal(tf.cast(mask, tf.bool), tf.sequence_mask(lengths, steps),
                                       message="the fused LSTM needs padding after the characters")
+        ids = None
         if self.dropout:  # Keras' LSTM input dropout: one mask per sequence, every timestep
             sequences = sequences * tf.nn.dropout(tf.ones_like(sequences[:, 0]), rate=self.dropout)[:, None]
+        elif self.one_hot_input:
+            ids = tf.argmax(sequences, axis=-1, output_type=tf.int32)
         cell = self.cell
         recurrent = tf.convert_to_tensor(cell.recurrent_kernel)
         if self.weight_drop:
             recurrent = tf.nn.dropout(recurrent, rate=self.weight_drop)
-        out, h, c = fused_lstm.lstm(sequences, h0, c0, cell.kernel, recurrent, cell.bias, lengths)
+        out, h, c = fused_lstm.lstm(sequences, h0, c0, cell.kernel, recurrent, cell.bias, lengths, ids=ids)
         out = out if self.return_sequences else h
         return (out, h, c) if self.return_state else out
 
@@ -212,7 +219,7 @@ def build(
         if cell in ("lstm", "gru"):
             kwargs["use_cudnn"] = use_cudnn
         if cell == "lstm":
-            kwargs.update(fused=fused, weight_drop=weight_drop)
+            kwargs.update(fused=fused, weight_drop=weight_drop, one_hot_input=i == 0 and embedding_dim <= 0)
         elif weight_drop:
             raise ValueError(f"weight_drop is implemented for LSTMs only, not {cell}")
         rnns.append(CELLS[cell](units, **kwargs))
@@ -244,16 +251,19 @@ def build(
 FUSED_CHOICES = ("auto", "on", "off")
 
 
-def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0) -> bool:
+def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0,
+              one_hot: bool = False) -> bool:
     """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
-    2 CPU cores: batch <= 16 (2.8x at batch 8 in examples mode), or units >= 256 (~1.3x at
-    LSTM(384), batch 64). At batch 64-256 with 128 units Keras' oneDNN matmuls won (0.5-0.85x).
-    Weight-drop exists only in the fused kernel, so auto picks it then."""
+    2 CPU cores: batch <= 16 (2.8x at batch 8 in examples mode), units >= 256 (~1.3x at
+    LSTM(384), batch 64), or one-hot input without dropout (its projection is a gather:
+    1.25x at LSTM(128), batch 256). With an embedding, at batch 64-256 and 128 units,
+    Keras' oneDNN matmuls won (0.5-0.85x). Weight-drop exists only in the fused kernel, so
+    auto picks it then."""
     if choice not in FUSED_CHOICES:
         raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
     if cell != "lstm" or choice == "off":
         return False
-    return choice == "on" or batch_size <= 16 or units >= 256 or weight_drop > 0
+    return choice == "on" or batch_size <= 16 or units >= 256 or weight_drop > 0 or one_hot
 
 
 def from_config(cfg: dict, vocab_size: int, **overrides) -> CharRNN:

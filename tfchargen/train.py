@@ -457,7 +457,8 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
 
     with setup.strategy.scope():  # variables (model, optimizer, metrics) mirrored on every replica
         fused = model_lib.use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
-                                    cfg["units"], cfg["weight_drop"])
+                                    cfg["units"], cfg["weight_drop"],
+                                    one_hot=cfg["embedding_dim"] <= 0 and not cfg["dropout"])
         if cfg["weight_drop"] and cfg["cell"] == "lstm" and (
                 not fused or cfg["recurrent_dropout"] or tf.config.list_logical_devices("GPU")):
             raise ValueError(model_lib.WEIGHT_DROP_NEEDS_FUSED)
