@@ -62,22 +62,30 @@ def test_evaluate_agrees_with_training_metrics(tiny_run):
 def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     run_dir = tmp_path / "resume"
     args = [sys.executable, "-m", "tfchargen", "train", "--run-dir", str(run_dir), "--train-data", TRAIN,
-            "--units", "16", "--batch-size", "16", "--steps-per-epoch", "40", "--epochs", "3",
+            "--units", "16", "--batch-size", "16", "--steps-per-epoch", "300", "--epochs", "3",
             "--sample-every", "0", "--seed", "5"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def epochs_written():  # metrics.json is replaced atomically: absent or whole
+        try:
+            return json.loads((run_dir / "metrics.json").read_text())
+        except FileNotFoundError:
+            return []
+
+    # Kill as soon as epoch 1 is on disk: on a fast machine an epoch of 40 steps took 0.07 s,
+    # so a fixed wait let the run finish before the kill (hence 300 steps and no sleep).
     deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoints" / "epoch-001.weights.h5").exists():
+    while not (epochs_written() and (run_dir / "checkpoints" / "epoch-001.weights.h5").exists()):
         assert proc.poll() is None, "training ended before it could be interrupted"
         assert time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(0.5)  # let the epoch-end callbacks finish writing
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = json.loads((run_dir / "metrics.json").read_text())
     assert done and done[-1]["epoch"] < 3
     r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
-                "--steps-per-epoch", 40, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+                "--steps-per-epoch", 300, "--epochs", 3, "--sample-every", 0, "--seed", 5)
     assert r.returncode == 0, r.stderr[-2000:]
     first_resumed = done[-1]["epoch"] + 1
     assert f"Epoch {first_resumed}/3" in r.stdout and "Epoch 1/3" not in r.stdout
@@ -86,7 +94,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     assert metrics[:len(done)] == done  # earlier epochs kept, not rewritten
     # A finished run re-run with the same command trains nothing more.
     r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
-                "--steps-per-epoch", 40, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+                "--steps-per-epoch", 300, "--epochs", 3, "--sample-every", 0, "--seed", 5)
     assert r.returncode == 0 and "Epoch" not in r.stdout
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 

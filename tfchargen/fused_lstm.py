@@ -113,15 +113,25 @@ def _sequence(xw, h0, c0, recurrent, steps):
     return (hs, cs), grad
 
 
+@tf.function(jit_compile=True, autograph=False)
+def _projection_grads(dxw, ids, rows):
+    """The gathered projection's kernel and bias gradients: a segment sum of dxw [T, B, 4U]
+    by id into ``rows`` rows, and its plain sum. TF's CPU kernels took ~19 ms for both at
+    batch 256 x 128 steps (a sixth of the step); XLA's scatter-add and reduce take ~3."""
+    flat = tf.reshape(dxw, [-1, dxw.shape[-1]])
+    dkernel = tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), rows)
+    return dkernel, tf.reduce_sum(dkernel, 0)  # every row lands in one segment
+
+
 @tf.custom_gradient
 def _gathered_projection(kernel, bias, ids):
-    """one_hot(ids) @ kernel + bias as a row gather, ids [T, B] -> [T, B, 4U]. The gradient
+    """one_hot(ids) @ kernel + bias as a row gather, ids [Tp, B] -> [Tp, B, 4U]. The gradient
     is dense (a segment sum of dz by id): a sparse one cost more than the matmul it saved."""
     def grad(dxw):
-        flat = tf.reshape(dxw, [-1, tf.shape(kernel)[1]])
-        return tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), tf.shape(kernel)[0]), tf.reduce_sum(flat, 0), None
+        dkernel, dbias = _projection_grads(dxw, ids, kernel.shape[0])
+        return dkernel, dbias, None
 
-    return tf.gather(kernel, ids) + bias, grad
+    return tf.gather(kernel + bias, ids), grad  # the bias added to 84 rows, not to every position
 
 
 def lstm(x, h0, c0, kernel, recurrent, bias, lengths, ids=None):
@@ -131,10 +141,13 @@ def lstm(x, h0, c0, kernel, recurrent, bias, lengths, ids=None):
     batch, steps = tf.shape(x)[0], tf.shape(x)[1]
     padded = (steps + PAD_STEPS - 1) // PAD_STEPS * PAD_STEPS
     if ids is not None:
-        xw = _gathered_projection(tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias), tf.transpose(ids))
+        # Gathered on the padded axis (the loops never read past the data; the gradient there
+        # is zero), so its XLA gradient compiles once per bucket, not once per length.
+        ids = tf.pad(tf.transpose(ids), [[0, padded - steps], [0, 0]])
+        xw = _gathered_projection(tf.convert_to_tensor(kernel), tf.convert_to_tensor(bias), ids)
     else:
         xw = tf.einsum("bti,ig->tbg", x, kernel) + bias
-    xw = tf.pad(xw, [[0, padded - steps], [0, 0], [0, 0]])  # [Tp, B, 4U], zeros after the data
+        xw = tf.pad(xw, [[0, padded - steps], [0, 0], [0, 0]])  # [Tp, B, 4U], zeros after the data
     run = tf.reduce_max(tf.concat([lengths, [0]], 0))  # no row needs the steps after this
     hs, cs = _sequence(xw, h0, c0, tf.convert_to_tensor(recurrent), run)  # a read, not the variable
     outputs = tf.transpose(hs[:steps], [1, 0, 2])
