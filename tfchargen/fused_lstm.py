@@ -15,11 +15,12 @@ Same math and gate order (i, f, c, o) as keras.layers.LSTM with its default acti
 tests/test_pipeline.py checks outputs and gradients against it. The input projection
 ``xw = x @ kernel + bias`` is one matmul over all timesteps, outside the loop; for one-hot
 inputs (``ids``) it is a row gather, and its kernel gradient a segment sum of dz by id
-(an 84-wide matmul and its gradient were a fifth of a batch-256 step).
+(an 84-wide matmul and its gradient were a fifth of a batch-256 step), compiled by XLA.
 
 The time axis is padded to a multiple of PAD_STEPS (zeros after the data), so bucketed
-batches of many lengths share a few compilations; the loops stop at the real length. The
-work outside the loops (projection, dR) runs in TensorFlow on the real length, unpadded.
+batches of many lengths share a few compilations; the loops stop at the real length. dR
+and the matmul projection run in TensorFlow on the real length, unpadded; the gathered
+projection on the padded axis, so its XLA gradient also compiles once per bucket.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def _sequence(xw, h0, c0, recurrent, steps):
 
 @tf.function(jit_compile=True, autograph=False)
 def _projection_grads(dxw, ids, rows):
-    """The gathered projection's kernel and bias gradients: a segment sum of dxw [T, B, 4U]
+    """The gathered projection's kernel and bias gradients: a segment sum of dxw [Tp, B, 4U]
     by id into ``rows`` rows, and its plain sum. TF's CPU kernels took ~19 ms for both at
     batch 256 x 128 steps (a sixth of the step); XLA's scatter-add and reduce take ~3."""
     flat = tf.reshape(dxw, [-1, dxw.shape[-1]])
