@@ -149,3 +149,17 @@ def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_pat
     r = run_cli("train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run,
                 "--train-data", TRAIN, "--units", 24, "--no-export", timeout=120)
     assert r.returncode == 2 and "--init-from" in r.stderr and "units 32 there, 24 here" in r.stderr, r.stderr[-2000:]
+
+
+def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
+    """Every preset key is a train setting (a typo would be silently ignored), and the
+    fine-tuning preset builds the same model as the pretraining one, which --init-from
+    requires: the README's two-command recipe must run as written."""
+    from tfchargen import train as train_lib
+
+    for name, preset in train_lib.PRESETS.items():
+        assert set(preset) <= set(train_lib.DEFAULTS), (name, set(preset) - set(train_lib.DEFAULTS))
+    pre = {**train_lib.DEFAULTS, **train_lib.PRESETS["agnews-pretrain"]}
+    fine = {**train_lib.DEFAULTS, **train_lib.PRESETS["agnews-finetune"]}
+    assert {k: pre[k] for k in train_lib.MODEL_KEYS} == {k: fine[k] for k in train_lib.MODEL_KEYS}
+    assert pre["eval_field"] == fine["field"] == "title"  # pretraining is scored on what fine-tuning trains
