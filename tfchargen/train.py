@@ -81,7 +81,7 @@ PRESETS = {
     # its whole description (4x the text, same news), evaluated on titles ...
     "agnews-pretrain": dict(field="title|description", eval_field="title", units=512, embedding_dim=64,
                             dropout=0.2, batch_size=32, learning_rate=3e-3, schedule="cosine",
-                            warmup_steps=200, weight_decay=0.05, epochs=9, steps_per_epoch=250,
+                            warmup_steps=200, weight_decay=0.05, epochs=10, steps_per_epoch=250,
                             sample_every=4),
     # ... then fine-tuned on titles alone: --init-from the pretrain run.
     "agnews-finetune": dict(units=512, embedding_dim=64, dropout=0.35, batch_size=64, learning_rate=1.5e-3,
