@@ -243,9 +243,10 @@ def _matmul_loop(a, b):
 def machine_probe(reps=5):
     """The machine's speed just before a variant, on the two kinds of work that drift apart
     on a shared VM: the teaching example is bound by Python, tfchargen by matmuls. Medians
-    of ``reps`` ~0.1 s trials: dense GFLOP/s at the tuned step's shape ([256, 212] x
-    [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates) and a pure-Python loop's
-    additions per second."""
+    of ``reps`` ~0.1 s trials: dense GFLOP/s at the shape of Keras' LSTM step at batch 256
+    ([256, 212] x [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates; the tuned variant's
+    shape when the probe was added, kept so that result files compare) and a pure-Python
+    loop's additions per second."""
     a, b = tf.random.normal([256, 212]), tf.random.normal([212, 512])
     _matmul_loop(a, b).numpy()  # trace
     gflops, python = [], []
@@ -479,7 +480,7 @@ def main(argv=None):
             "cpu_steal_fraction": "share of the machine's CPU time taken by the hypervisor for other "
                                   "guests while the variant's process ran (/proc/stat steal)",
             "machine_probe_before": "measured just before the variant's process started: dense "
-                                    "matmul GFLOP/s at the tuned step's shape and a Python loop's "
+                                    "matmul GFLOP/s at a fixed [256, 212] x [212, 512] shape and a Python loop's "
                                     "million additions per second (medians of 5 short trials); "
                                     "a ratio between variants whose probes differ compares "
                                     "different machines",
