@@ -40,6 +40,18 @@ def test_examples_are_bucketed_by_length(vocab):
     assert real / total > 0.85, f"only {real / total:.0%} of batch cells are real characters"
 
 
+def test_long_examples_fill_their_batches(vocab):
+    """Title + description examples (~60-256 characters) land in 16-wide length buckets:
+    at most 15 padding cells per row, so batches are nearly all real characters."""
+    text = sources.load(TRAIN, field="title|description")
+    ds = pipeline.training_dataset(text, vocab, batch_size=32, seed=1, repeat=False)
+    real = total = 0
+    for inputs, _ in ds:
+        real += int(tf.reduce_sum(tf.cast(inputs != 0, tf.int32)))
+        total += int(tf.size(inputs))
+    assert real / total > 0.95, f"only {real / total:.0%} of batch cells are real characters"
+
+
 def test_windows_mode_is_a_padding_free_stream(vocab):
     ds = pipeline.training_dataset(sources.load(TRAIN).take(200), vocab, mode="windows", window=64,
                                    batch_size=4, seed=1, repeat=False)

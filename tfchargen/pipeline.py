@@ -42,7 +42,10 @@ def shift(ids: tf.Tensor, eos_id: int):
 
 
 def _bucketed(pairs, batch_size, max_len, drop_remainder):
-    boundaries = [b for b in (16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 192, 256, 384, 512, 768, 1024) if b < max_len]
+    # Every 8 up to 64 (titles), then every 16 (fused_lstm.PAD_STEPS, so no extra compilations)
+    # to 256: title|description examples fill 98% of their batch cells, not 92%.
+    steps = list(range(16, 64, 8)) + list(range(64, 257, 16)) + [320, 384, 512, 768, 1024]
+    boundaries = [b for b in steps if b < max_len]
     return pairs.bucket_by_sequence_length(
         element_length_func=lambda x, y: tf.shape(x)[0],
         bucket_boundaries=[b + 1 for b in boundaries],
