@@ -43,7 +43,8 @@ def shift(ids: tf.Tensor, eos_id: int):
 
 def _bucketed(pairs, batch_size, max_len, drop_remainder):
     # Every 8 up to 64 (titles), then every 16 (fused_lstm.PAD_STEPS, so no extra compilations)
-    # to 256: title|description examples fill 98% of their batch cells, not 92%.
+    # to 256: title|description examples fill 98% of their batch cells, not 92% (95%, not 85%,
+    # with 100-character descriptions).
     steps = list(range(16, 64, 8)) + list(range(64, 257, 16)) + [320, 384, 512, 768, 1024]
     boundaries = [b for b in steps if b < max_len]
     return pairs.bucket_by_sequence_length(
