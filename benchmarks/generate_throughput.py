@@ -60,6 +60,7 @@ sys.path.insert(0, HERE)  # train_throughput sits next to this file, whatever th
 
 from train_throughput import machine_info  # noqa: E402
 
+from tfchargen import config  # noqa: E402
 from tfchargen import export as export_lib  # noqa: E402
 from tfchargen import generate as gen_lib  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
@@ -92,7 +93,7 @@ def build_untrained_run(run_dir: str, data: str, seed: int) -> None:
     Untrained weights generate as fast as trained ones; building directly skips fit() and
     its callbacks (TensorBoard, checkpoints), which the benchmark has no use for.
     """
-    cfg = {**train_lib.DEFAULTS, "train_data": f"csv:{data}[:6000]", "field": "title"}
+    cfg = {**config.DEFAULTS, "train_data": f"csv:{data}[:6000]", "field": "title"}
     train_lib.prepare_run_dir(cfg, run_dir)
     titles = sources.load(cfg["train_data"], field="title")
     vocab = Vocabulary.build(titles.as_numpy_iterator(), run_dir)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import HELDOUT, ROOT, TRAIN, run_cli
-from tfchargen import sources
+from tfchargen import config, sources
 from tfchargen.vocab import normalize_py
 
 
@@ -157,9 +157,9 @@ def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
     requires: the README's two-command recipe must run as written."""
     from tfchargen import train as train_lib
 
-    for name, preset in train_lib.PRESETS.items():
-        assert set(preset) <= set(train_lib.DEFAULTS), (name, set(preset) - set(train_lib.DEFAULTS))
-    pre = {**train_lib.DEFAULTS, **train_lib.PRESETS["agnews-pretrain"]}
-    fine = {**train_lib.DEFAULTS, **train_lib.PRESETS["agnews-finetune"]}
-    assert {k: pre[k] for k in train_lib.MODEL_KEYS} == {k: fine[k] for k in train_lib.MODEL_KEYS}
+    for name, preset in config.PRESETS.items():
+        assert set(preset) <= set(config.DEFAULTS), (name, set(preset) - set(config.DEFAULTS))
+    pre = {**config.DEFAULTS, **config.PRESETS["agnews-pretrain"]}
+    fine = {**config.DEFAULTS, **config.PRESETS["agnews-finetune"]}
+    assert {k: pre[k] for k in config.MODEL_KEYS} == {k: fine[k] for k in config.MODEL_KEYS}
     assert pre["eval_field"] == fine["field"] == "title"  # pretraining is scored on what fine-tuning trains

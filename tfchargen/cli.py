@@ -45,17 +45,17 @@ def _export_kwargs(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import train as train_lib
+    from . import config
 
     p = argparse.ArgumentParser(prog="tfchargen", description="Character-level RNN text generation in TensorFlow.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a run", description="Train a character-level RNN; "
                        "re-running the same command resumes an interrupted run.")
-    t.add_argument("--preset", choices=sorted(train_lib.PRESETS), help="a named recipe; explicit flags override it")
+    t.add_argument("--preset", choices=sorted(config.PRESETS), help="a named recipe; explicit flags override it")
     t.add_argument("--run-dir", required=True, help="where config, vocabulary, checkpoints, logs and metrics go")
     g = t.add_argument_group("data")
-    g.add_argument("--train-data", help=f"data spec (default {train_lib.DEFAULTS['train_data']}); "
+    g.add_argument("--train-data", help=f"data spec (default {config.DEFAULTS['train_data']}); "
                    "also csv:PATH[a:b] and text:PATH[a:b]")
     g.add_argument("--eval-data", help="held-out data spec for per-epoch nats/char")
     g.add_argument("--field", choices=FIELDS, help="AG News field (default title)")
@@ -146,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    from . import config
     from . import train as train_lib
 
-    cfg = dict(train_lib.PRESETS[args.preset]) if args.preset else {}
-    for key in train_lib.DEFAULTS:
+    cfg = dict(config.PRESETS[args.preset]) if args.preset else {}
+    for key in config.DEFAULTS:
         value = getattr(args, key, None)
         if value is not None:
             cfg[key] = value

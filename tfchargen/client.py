@@ -33,7 +33,8 @@ import urllib.request
 
 import numpy as np
 
-GENERATE_DEFAULTS = dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=0)
+from .contract import SERVING_DEFAULTS as GENERATE_DEFAULTS
+
 # dtypes of the exported signatures' inputs and outputs (README, "Signature contract").
 _DTYPES = {"prompt": object, "text": object, "max_length": np.int32, "temperature": np.float32,
            "top_k": np.int32, "top_p": np.float32, "seed": np.int64, "continuation": object,

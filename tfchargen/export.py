@@ -24,33 +24,37 @@ import shutil
 import keras
 import tensorflow as tf
 
+from . import contract
 from . import generate as gen_lib
 from . import train as train_lib
 from . import warmup as warmup_lib
 
-SERVING_DEFAULTS = dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=0)
+SERVING_DEFAULTS = contract.SERVING_DEFAULTS
 VERSION_DIR_PREFIX = ".tmp-"
 
-_VEC = lambda dtype, name: tf.TensorSpec([None], dtype, name=name)  # noqa: E731
+
+
+def input_signature(name: str) -> list[tf.TensorSpec]:
+    """The [B] TensorSpecs of a signature's inputs, in order (contract.SIGNATURES)."""
+    return [tf.TensorSpec([None], tf.as_dtype(dtype), name=key)
+            for key, dtype in contract.SIGNATURES[name][0].items()]
 
 
 def signature_functions(g: gen_lib.Generator, defaults: dict):
     """The three endpoints as tf.functions with input signatures (autograph off)."""
 
-    @tf.function(input_signature=[_VEC(tf.string, "prompt"), _VEC(tf.int32, "max_length"),
-                                  _VEC(tf.float32, "temperature"), _VEC(tf.int32, "top_k"),
-                                  _VEC(tf.float32, "top_p"), _VEC(tf.int64, "seed")], autograph=False)
+    @tf.function(input_signature=input_signature("generate"), autograph=False)
     def generate(prompt, max_length, temperature, top_k, top_p, seed):
         return g.generate(prompt, max_length, temperature, top_k, top_p, seed)
 
-    @tf.function(input_signature=[_VEC(tf.string, "prompt")], autograph=False)
+    @tf.function(input_signature=input_signature("serving_default"), autograph=False)
     def serving_default(prompt):
         fill = lambda v, dt: tf.fill(tf.shape(prompt), tf.constant(v, dt))  # noqa: E731
         return g.generate(prompt, fill(defaults["max_length"], tf.int32),
                           fill(defaults["temperature"], tf.float32), fill(defaults["top_k"], tf.int32),
                           fill(defaults["top_p"], tf.float32), fill(defaults["seed"], tf.int64))
 
-    @tf.function(input_signature=[_VEC(tf.string, "text")], autograph=False)
+    @tf.function(input_signature=input_signature("score"), autograph=False)
     def score(text):
         return g.score(text)
 
@@ -75,7 +79,7 @@ def session_loader_check(path: str) -> None:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
         feeds = {"prompt": [b"Today ", b""], "max_length": [3, 0], "temperature": [0.0, 1.0],
                  "top_k": [0, 5], "top_p": [1.0, 0.9], "seed": [1, 0], "text": [b"Today", b""]}
-        for name in ("serving_default", "generate", "score"):
+        for name in contract.SIGNATURES:
             sig = meta.signature_def[name]
             fetch = {k: v.name for k, v in sig.outputs.items()}
             feed = {v.name: feeds[k] for k, v in sig.inputs.items()}

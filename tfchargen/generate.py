@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from . import contract
+from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS
 from .model import CharRNN
 from .vocab import Vocabulary, normalize
 
-MAX_NEW_CHARS = 2048  # per-row cap on max_length; larger values are InvalidArgument
-MAX_PROMPT_CHARS = 4096  # longer prompts keep their last MAX_PROMPT_CHARS characters
 NEG_INF = float("-inf")
 
 
@@ -130,16 +130,15 @@ def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
     asserts cost ~0.2 ms per call, a tenth of a short generation's fixed cost.
     """
     n = tf.size(prompt)
-    rules = [(tf.size(x) != n, f"{name} must have one value per prompt")
+    rules = [(tf.size(x) != n, contract.MSG_ONE_PER_PROMPT.format(name=name))
              for name, x in (("max_length", max_length), ("temperature", temperature),
                              ("top_k", top_k), ("top_p", top_p), ("seed", seed))]
     rules += [
-        (tf.reduce_any(max_length < 0), "max_length must be >= 0"),
-        (tf.reduce_any(max_length > MAX_NEW_CHARS), f"max_length must be <= {MAX_NEW_CHARS}"),
-        (~tf.reduce_all(tf.math.is_finite(temperature) & (temperature >= 0.0)),
-         "temperature must be finite and >= 0 (0 = greedy)"),
-        (tf.reduce_any(top_k < 0), "top_k must be >= 0 (0 = off)"),
-        (~tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), "top_p must be in (0, 1] (1 = off)"),
+        (tf.reduce_any(max_length < 0), contract.MSG_MAX_LENGTH_LOW),
+        (tf.reduce_any(max_length > MAX_NEW_CHARS), contract.MSG_MAX_LENGTH_HIGH),
+        (~tf.reduce_all(tf.math.is_finite(temperature) & (temperature >= 0.0)), contract.MSG_TEMPERATURE),
+        (tf.reduce_any(top_k < 0), contract.MSG_TOP_K),
+        (~tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)), contract.MSG_TOP_P),
     ]
     failed = tf.stack([f for f, _ in rules])
     first = tf.argmax(tf.cast(failed, tf.int32), output_type=tf.int32)

@@ -33,9 +33,10 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
+from .config import DEFAULT_TRAIN  # noqa: F401  (re-exported: the data spec a bare `train` reads)
+
 FIELDS = ("title", "description", "title+description", "title|description")
 BAD_ROWS = ("error", "skip")
-DEFAULT_TRAIN = "tfds:ag_news_subset/train"
 
 
 class DataError(ValueError):

@@ -33,72 +33,7 @@ from . import model as model_lib
 from .generate import Generator
 from .vocab import FILENAME as VOCAB_FILE
 from .vocab import Vocabulary
-
-DEFAULTS = dict(
-    train_data=sources.DEFAULT_TRAIN,
-    eval_data=None,
-    field="title",
-    eval_field=None,
-    description_chars=0,
-    mode="examples",
-    window=256,
-    epochs=1,
-    steps_per_epoch=None,
-    batch_size=8,
-    learning_rate=1e-3,
-    schedule="constant",
-    warmup_steps=0,
-    weight_decay=0.0,
-    clipnorm=1.0,
-    ema=0.0,
-    fused_lstm="auto",  # LSTM training kernel: auto | on | off (model.use_fused)
-    steps_per_execution=8,  # train steps per tf.function call (Keras); see steps_per_execution()
-    seed=0,
-    cell="lstm",
-    layers=1,
-    units=128,
-    embedding_dim=0,
-    dropout=0.0,
-    recurrent_dropout=0.0,
-    weight_drop=0.0,  # DropConnect on the LSTM's recurrent kernel (fused kernel only; model.LSTM)
-    init_from=None,  # a finished run dir: start from its weights and vocabulary (fine-tuning)
-    tfds_data_dir=None,
-    bad_rows="error",  # malformed rows of csv: sources: error | skip (sources.py)
-    sample_every=1,
-    strategy="default",
-    devices=None,
-)
-
-# Named recipes: flags left unset on the command line take these values.
-PRESETS = {
-    # The teaching example's architecture and batch: one LSTM(128) over one-hot, batch 8.
-    "teaching": dict(),
-    # The quality recipe for AG News titles: ~9 minutes on 2 CPU cores with the fused LSTM (README).
-    "agnews-titles": dict(units=384, embedding_dim=64, dropout=0.25, batch_size=64, learning_rate=3e-3,
-                          schedule="cosine", warmup_steps=200, weight_decay=0.05, epochs=15,
-                          steps_per_epoch=200, sample_every=5),
-    # The best recipe we measured (README), in two runs: LSTM(512) on each title followed by
-    # the first 100 characters of its description (3.3x the text, same news), evaluated on
-    # titles. The high learning rate is what made it: 3e-3 was 0.15 nats/char behind 1.2e-2
-    # after 4 epochs ...
-    "agnews-pretrain": dict(field="title|description", description_chars=100, eval_field="title",
-                            units=512, embedding_dim=64, dropout=0.35, batch_size=32, learning_rate=1.5e-2,
-                            schedule="cosine", warmup_steps=200, weight_decay=0.05, epochs=13,
-                            steps_per_epoch=380, sample_every=0),
-    # ... then a gentle, well-regularized pass over titles alone: --init-from the pretrain run
-    # (1.5e-3 undid some of it, 8e-4 gained less).
-    "agnews-finetune": dict(units=512, embedding_dim=64, dropout=0.45, batch_size=32, learning_rate=4e-4,
-                            schedule="cosine", warmup_steps=20, weight_decay=0.05, epochs=6,
-                            steps_per_epoch=200, sample_every=6),
-    # A tiny model for smoke tests and CI.
-    "tiny": dict(units=32, batch_size=32, steps_per_epoch=100, epochs=2, learning_rate=1e-2),
-}
-
-# Settings that must not change when a run is resumed: they shape the weights/vocabulary.
-# (Not `strategy`: weights checkpoints are strategy-independent, so a run may resume under another.)
-ARCH_KEYS = ("train_data", "field", "description_chars", "cell", "layers", "units", "embedding_dim", "init_from")
-# What --init-from's run must share with the new run: the weights' shapes.
-MODEL_KEYS = ("cell", "layers", "units", "embedding_dim")
+from .config import ARCH_KEYS, DEFAULTS, MODEL_KEYS
 
 SAMPLE_PROMPTS = ("Today ", "On Sunday ")
 SAMPLE_TEMPERATURES = (0.0, 0.5, 1.0)
