@@ -118,9 +118,8 @@ class BudgetTimer(keras.callbacks.Callback):
     def clean(self, first):
         """(chars, seconds) over the timed windows of >= CLEAN_WINDOW_SECONDS in which the
         hypervisor took < CLEAN_STEAL of the machine's CPU for other guests. On a shared VM a
-        run's speed follows steal (a Python-bound step ran 2x slower at 35% steal than at
-        1%), and steal comes and goes within minutes, so only windows measured on the
-        whole machine are compared."""
+        run's speed follows steal, and steal comes and goes within minutes, so only windows
+        measured on the whole machine are compared."""
         if first is None or any(t is None for t in self.ticks):
             return 0.0, 0.0
         chars = seconds = 0.0
@@ -150,7 +149,7 @@ class BudgetTimer(keras.callbacks.Callback):
         chars = self.chars[-1] - c_start
         # The second half of the budget alone: what a long run settles at, after the one-off
         # costs that warmup_steps does not catch (XLA compiles one loop per new sequence
-        # bucket when a bucket first appears, seconds each on a slow VM).
+        # bucket when a bucket first appears).
         half = next((k for k, t in enumerate(self.times) if t - self.t0 >= self.seconds / 2), None)
         steady = None
         if half is not None and half < len(self.times) - 1:
@@ -197,7 +196,7 @@ def run_teaching(train_list, heldout_list, args):
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
     fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
-    rnn.model.compile(  # as tfchargen/train.py compiles it (its loss: ~4% faster than Keras' ignore_class one at batch 256)
+    rnn.model.compile(  # as tfchargen/train.py compiles it
         optimizer=train_lib.Adam(lr, clipnorm=1.0),
         loss=train_lib.TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
@@ -244,8 +243,8 @@ def machine_probe(reps=5):
     """The machine's speed just before a variant, on the two kinds of work that drift apart
     on a shared VM: the teaching example is bound by Python, tfchargen by matmuls. Medians
     of ``reps`` ~0.1 s trials: dense GFLOP/s at the shape of Keras' LSTM step at batch 256
-    ([256, 212] x [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates; the tuned variant's
-    shape when the probe was added, kept so that result files compare) and a pure-Python
+    ([256, 212] x [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates; kept fixed so that
+    result files compare) and a pure-Python
     loop's additions per second."""
     a, b = tf.random.normal([256, 212]), tf.random.normal([212, 512])
     _matmul_loop(a, b).numpy()  # trace
@@ -282,10 +281,8 @@ def main(argv=None):
     p.add_argument("--budget-seconds", type=float, default=120.0, help="wall-clock training time per variant")
     p.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the rates (tracing)")
     p.add_argument("--train-rows", type=int, default=6000, help="rows 1..N train, the rest is held out")
-    # windows mode: no padding at all; at batch 256 x 128-char windows the LSTM is compute-bound
-    # (30 s probes on a quiet machine: 84k chars/s, vs 61k for examples mode at batch 256).
-    # 512 x 64 has the same characters per step in half the sequential timesteps: 1.05x the
-    # chars/s of 256 x 128 (alternating trials) and a lower held-out after the same 40 s.
+    # windows mode: no padding at all, so a large batch is compute-bound. 512 x 64 has the
+    # characters per step of 256 x 128 in half the sequential timesteps (docs/benchmarks.md).
     p.add_argument("--tuned-batch", type=int, default=512)
     p.add_argument("--tuned-window", type=int, default=64)
     p.add_argument("--tuned-mode", choices=pipeline.MODES, default="windows")
@@ -299,7 +296,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1,
                    help="run every variant this many times, alternating the order; report medians "
-                        "(on a shared VM single runs drift: README)")
+                        "(on a shared VM single runs drift: docs/benchmarks.md)")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",
                    help="run the variants in this process (default: each in a fresh subprocess)")
@@ -331,7 +328,7 @@ def main(argv=None):
         """One variant trained for the budget: a dict of its measurements."""
         if not args.in_process and not args.variant_json:
             # A fresh process per variant: threads and caches left behind by one variant's
-            # pipeline (py_function iterators, prefetch buffers) slowed the next by 10-40%.
+            # pipeline (py_function iterators, prefetch buffers) would slow the next.
             with tempfile.TemporaryDirectory() as d:
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),

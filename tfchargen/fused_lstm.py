@@ -3,7 +3,7 @@
 Keras runs an LSTM on CPU as a tf.while_loop of ~20 small TensorFlow ops per timestep,
 each paying the executor's per-op cost, and its gradient as a second loop that pops
 per-op accumulators. At small batches that overhead, not the matmuls, sets the training
-speed (~230 us per timestep at batch 8 whatever the model size). Here the recurrence is
+speed, whatever the model size. Here the recurrence is
 written once, forward and backward by hand (``tf.custom_gradient``), and each loop is
 compiled by XLA, which fuses a timestep's gate math into a couple of kernels:
 
@@ -15,7 +15,7 @@ Same math and gate order (i, f, c, o) as keras.layers.LSTM with its default acti
 tests/test_pipeline.py checks outputs and gradients against it. The input projection
 ``xw = x @ kernel + bias`` is one matmul over all timesteps, outside the loop; for one-hot
 inputs (``ids``) it is a row gather, and its kernel gradient a segment sum of dz by id
-(an 84-wide matmul and its gradient were a fifth of a batch-256 step), compiled by XLA.
+(the one-hot matmul and its gradient would multiply mostly zeros), compiled by XLA.
 
 The time axis is padded to a multiple of PAD_STEPS (zeros after the data), so bucketed
 batches of many lengths share a few compilations; the loops stop at the real length. dR
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-PAD_STEPS = 16  # 32 cost ~6% at batch 8 (examples mode) in padded steps; each bucket compiles twice
+PAD_STEPS = 16  # larger wastes padded steps at small batches; smaller compiles more loops (two per bucket)
 
 
 def _columns(units):
@@ -39,7 +39,7 @@ def _columns(units):
 
 def _activate(z, scale):
     """All four gates of z [B, 4U] with one tanh. XLA on CPU runs this as one kernel;
-    split-then-activate ran as four and made the whole forward step ~1.5x slower (B=8)."""
+    split-then-activate runs as four, and per-kernel cost dominates a small batch's step."""
     return scale * tf.tanh(z * scale) + (1.0 - scale)
 
 
@@ -117,8 +117,8 @@ def _sequence(xw, h0, c0, recurrent, steps):
 @tf.function(jit_compile=True, autograph=False)
 def _projection_grads(dxw, ids, rows):
     """The gathered projection's kernel and bias gradients: a segment sum of dxw [Tp, B, 4U]
-    by id into ``rows`` rows, and its plain sum. TF's CPU kernels took ~19 ms for both at
-    batch 256 x 128 steps (a sixth of the step); XLA's scatter-add and reduce take ~3."""
+    by id into ``rows`` rows, and its plain sum, in one XLA call: XLA's scatter-add and reduce
+    are much cheaper than TF's CPU kernels for the same two ops (docs/design.md)."""
     flat = tf.reshape(dxw, [-1, dxw.shape[-1]])
     dkernel = tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), rows)
     return dkernel, tf.reduce_sum(dkernel, 0)  # every row lands in one segment

@@ -46,15 +46,15 @@ class LSTM(layers.LSTM):
 
     Args:
         fused: train with the fused kernel (XLA loops, hand-written backward), which at
-            small batches is ~2.8x Keras' per-op loop on CPU (batch 8, examples mode: 18 vs
-            51 ms per step); False = always Keras' path.
+            small batches is much faster than Keras' per-op loop on CPU
+            (docs/design.md); False = always Keras' path.
         weight_drop: DropConnect on the recurrent kernel while training (AWD-LSTM's
             weight-drop): one mask per batch over the hidden-to-hidden weights, shared by
             every timestep and row. Needs the fused path (the kernel takes the dropped
             matrix as an input); training without it raises.
         one_hot_input: the inputs are exact one-hot vectors (build() sets it for a first
             layer after OneHot), so the fused path gathers kernel rows by id instead of
-            multiplying (1.25x at batch 256). Not with input dropout, which scales them.
+            multiplying. Not with input dropout, which scales them.
 
     The fused path runs only when training, on CPU (cuDNN stays in charge on GPU),
     without recurrent dropout and with the default activations; generation, scoring and
@@ -132,7 +132,7 @@ class CharRNN:
 
         one_hot(id) @ kernel is row ``id`` of the kernel, and embedding(id) @ kernel is row
         ``id`` of embeddings @ kernel: a generation step gathers a row instead of
-        multiplying (40% of an LSTM(128) step's FLOPs with one-hot input).
+        multiplying a mostly-zero vector by the whole kernel.
         """
         kernel = self.rnns[0].cell.kernel
         if isinstance(self.embed, OneHot):
@@ -254,11 +254,10 @@ FUSED_CHOICES = ("auto", "on", "off")
 def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0,
               one_hot: bool = False) -> bool:
     """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
-    2 CPU cores: batch <= 16 (2.8x at batch 8 in examples mode), units >= 256 (~1.3x at
-    LSTM(384), batch 64), or one-hot input without dropout (its projection is a gather:
-    1.25x at LSTM(128), batch 256). With an embedding, at batch 64-256 and 128 units,
-    Keras' oneDNN matmuls won (0.5-0.85x). Weight-drop exists only in the fused kernel, so
-    auto picks it then."""
+    CPU: batch <= 16 (per-op cost dominates), units >= 256, or one-hot input without
+    dropout (its projection is a gather). With an embedding at larger batches and 128
+    units Keras' oneDNN matmuls win. Weight-drop exists only in the fused kernel, so auto
+    picks it then. The measurements: docs/design.md."""
     if choice not in FUSED_CHOICES:
         raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
     if cell != "lstm" or choice == "off":

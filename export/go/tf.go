@@ -1,8 +1,8 @@
 package main
 
 // The TensorFlow C API through cgo. Header and library paths come from the pip wheel via
-// CGO_CFLAGS / CGO_LDFLAGS (see the Makefile); the signature reader is the C client's
-// (../c/signature.c, compiled by tfc_cgo.c).
+// the #cgo lines of zz_tf_paths.go, which the Makefile generates; the signature reader is
+// the C client's (../c/signature.c, compiled by tfc_cgo.c).
 
 /*
 #cgo CFLAGS: -O2 -I${SRCDIR}/../c
