@@ -103,7 +103,7 @@ def _sequence(xw, h0, c0, recurrent, steps):
         dhs = tf.zeros_like(hs) if dhs is None else dhs
         dcs = tf.zeros_like(cs) if dcs is None else dcs
         dxw, dh0, dc0 = _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps)
-        # dR over the real steps only, outside XLA: TF's matmul was faster here than XLA's
+        # dR over the real steps only, outside XLA: TF's matmul is faster here than XLA's
         # dot, and XLA would have to take all Tp padded steps.
         units = h0.shape[-1]
         h_prev = tf.concat([h0[None], hs[:tf.maximum(steps - 1, 0)]], 0)[:steps]
