@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
-DEFAULT_OUT = os.path.join(HERE, "results", "distribute_scaling.json")
+import common  # next to this script
+from common import REPO
 
 CHILD = """
 import json, sys
@@ -73,7 +70,7 @@ def run_variant(n: int, gpus: bool, cfg: dict, timeout: float) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV (default: %(default)s)")
     p.add_argument("--replicas", default="1,2", help="comma-separated replica counts (1 = default strategy)")
     p.add_argument("--gpus", action="store_true", help="one GPU per replica instead of logical CPU devices")
     p.add_argument("--mode", default="windows", choices=["windows", "examples"])
@@ -82,12 +79,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps-per-epoch", type=int, default=30)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=900)
-    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    cfg = dict(train_data=f"csv:{args.data}[:6000]", mode=args.mode, window=128, batch_size=args.batch_size,
+    cfg = dict(train_data=f"csv:{args.data}[:{common.TRAIN_ROWS}]", mode=args.mode, window=128, batch_size=args.batch_size,
                units=args.units, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, sample_every=0, seed=1,
                learning_rate=3e-3)
-    load_before = os.getloadavg()
+    machine = common.machine_info(probe=True)
     results = []
     for n in (int(x) for x in args.replicas.split(",")):
         res = run_variant(n, args.gpus, cfg, args.timeout)
@@ -96,14 +93,12 @@ def main(argv=None) -> int:
     base = results[0]["chars_per_second"]
     for r in results:
         r["vs_first"] = r["chars_per_second"] / base
-    out = {"benchmark": "distribute_scaling", "config": cfg, "devices": "GPU" if args.gpus else "logical CPU",
-           "cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": os.getloadavg(),
-           "platform": platform.platform(),
-           "python": platform.python_version(), "results": results,
-           "note": "logical CPU devices share the same cores: no speedup is expected, this measures overhead"}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
+    machine["loadavg_after"] = os.getloadavg()
+    common.write_result(args.out, {
+        "benchmark": "distribute_scaling", "config": cfg, "devices": "GPU" if args.gpus else "logical CPU",
+        "results": results,
+        "note": "logical CPU devices share the same cores: no speedup is expected, this measures overhead"},
+        machine=machine)
     print(f"wrote {args.out}")
     return 0
 

@@ -40,11 +40,9 @@ runs on it, so the load average is recorded with them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -54,12 +52,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # train_throughput sits next to this file, whatever the cwd
-
-from train_throughput import machine_info  # noqa: E402
-
+import common  # noqa: E402  (next to this script)
 from tfchargen import config  # noqa: E402
 from tfchargen import export as export_lib  # noqa: E402
 from tfchargen import generate as gen_lib  # noqa: E402
@@ -69,8 +62,6 @@ from tfchargen import train as train_lib  # noqa: E402
 from tfchargen.vocab import FILENAME as VOCAB_FILE  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
-DEFAULT_OUT = os.path.join(HERE, "results", "generate_throughput.json")
 PROMPT = "Today "
 METHODS = ("generator", "generator_xla", "savedmodel", "savedmodel_xla", "onestep_tutorial", "onestep_loop",
            "teaching_quadratic")
@@ -93,7 +84,7 @@ def build_untrained_run(run_dir: str, data: str, seed: int) -> None:
     Untrained weights generate as fast as trained ones; building directly skips fit() and
     its callbacks (TensorBoard, checkpoints), which the benchmark has no use for.
     """
-    cfg = {**config.DEFAULTS, "train_data": f"csv:{data}[:6000]", "field": "title"}
+    cfg = {**config.DEFAULTS, "train_data": f"csv:{data}[:{common.TRAIN_ROWS}]", "field": "title"}
     train_lib.prepare_run_dir(cfg, run_dir)
     titles = sources.load(cfg["train_data"], field="title")
     vocab = Vocabulary.build(titles.as_numpy_iterator(), run_dir)
@@ -318,7 +309,7 @@ def plot(report, path):
     ax.set_ylabel("new characters / second")
     m = report["machine"]
     ax.set_title(f"generation throughput, {report['config']['length']} chars/row "
-                 f"({m['cpu_count']} CPUs, load {m['loadavg_before'][0]:.1f}, TF {m['tf_version']})")
+                 f"({m['cpu_count']} CPUs, load {m['loadavg'][0]:.1f}, TF {m['tensorflow']})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -335,7 +326,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", help="a trained run to benchmark (default: an untrained LSTM(128))")
-    p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV for the untrained model's vocabulary")
+    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV for the untrained model's vocabulary")
     p.add_argument("--batches", default="1,8,64,512,4096", help="batch sizes (default: %(default)s)")
     p.add_argument("--length", type=int, default=200, help="new characters per row (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="steady-state calls per (method, batch); median")
@@ -345,7 +336,7 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
     p.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     p.add_argument("--plot", help="PNG plot (default: --out with .png)")
     args = p.parse_args(argv)
     batches = parse_ints(args.batches)
@@ -389,7 +380,9 @@ def main(argv=None):
         teaching_batches = set(parse_ints(args.teaching_batches))
         ceiling_make = ceiling_factory(k, n, cfg["units"], args.length, fpc)
 
-        load_before = os.getloadavg()
+        machine = {**common.machine_info(probe=True),
+                   "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                   "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
         results = {m: {} for m in methods}
         ceiling = {}
         # Batch-major: at each batch every method runs back to back, so drifting background
@@ -417,7 +410,7 @@ def main(argv=None):
                 ceiling[str(batch)] = r
                 print(f"[matmul_ceiling] batch {batch}: {r['gflops']:.1f} GFLOP/s -> "
                       f"<= {r['chars_per_second_bound']:,.0f} chars/s", flush=True)
-        load_after = os.getloadavg()
+        machine["loadavg_after"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -463,7 +456,6 @@ def main(argv=None):
 
     report = {
         "benchmark": "generate_throughput",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {
             "model": model_desc, "run_dir": os.path.abspath(args.run_dir) if args.run_dir else None,
             "trained": bool(args.run_dir), "prompt": PROMPT, "length": args.length,
@@ -472,9 +464,6 @@ def main(argv=None):
             "eos": f"output bias of <eos> set to {EOS_BIAS:g}: never sampled, every row runs full length",
             "flops_per_char": fpc, "ceiling_matmul": f"[B, {k}] @ [{k}, {n}]",
         },
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": load_after,
-                    "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-                    "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()},
         "definitions": {
             "chars_per_second": "new characters per call / median steady-state seconds per call",
             "first_call_seconds": "first call on a fresh Generator, freshly loaded SavedModel or fresh "
@@ -488,11 +477,7 @@ def main(argv=None):
         "results": results,
         "matmul_ceiling": ceiling,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"  # write then rename: a reader never sees half a file
-    with open(tmp_out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp_out, args.out)
+    report = common.write_result(args.out, report, machine=machine)
     print(f"\nwrote {args.out}")
     if plot(report, plot_path):
         print(f"wrote {plot_path}")

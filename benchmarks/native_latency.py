@@ -28,11 +28,8 @@ runs on it, so the load average is recorded with them.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -41,11 +38,11 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
+import common  # next to this script
+from common import REPO
+
 C_BIN = os.path.join(REPO, "export", "c", "tfchargen-c")
 GO_BIN = os.path.join(REPO, "export", "go", "tfchargen-go")
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
 PROMPT = "Today "
 REQUEST = dict(prompt=PROMPT, max_length=100, temperature=0.0, top_k=0, top_p=1.0, seed=0)
 
@@ -76,16 +73,6 @@ def env():
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def version_dir(path: str) -> str:
-    """A version dir as given, or the highest version under an export base."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-    if not versions:
-        sys.exit(f"native_latency: no SavedModel in {path}")
-    return os.path.join(path, str(versions[-1]))
-
-
 def build(go: bool):
     targets = [os.path.join(REPO, "export", "c")] + ([os.path.join(REPO, "export", "go")] if go else [])
     for d in targets:
@@ -98,8 +85,8 @@ def train_tiny(workdir: str, data: str) -> str:
     """The tests' tiny model: the tiny preset, seed 3, rows 1-6000 (generate ignores the export defaults)."""
     run_dir, base = os.path.join(workdir, "run"), os.path.join(workdir, "models")
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    for args in (["train", "--preset", "tiny", "--run-dir", run_dir, "--train-data", f"csv:{data}[:6000]",
-                  "--eval-data", f"csv:{data}[6000:]", "--seed", "3", "--sample-every", "0"],
+    for args in (["train", "--preset", "tiny", "--run-dir", run_dir, "--train-data", f"csv:{data}[:{common.TRAIN_ROWS}]",
+                  "--eval-data", f"csv:{data}[{common.TRAIN_ROWS}:]", "--seed", "3", "--sample-every", "0"],
                  ["export", "--run-dir", run_dir, "--export-base", base]):
         r = subprocess.run([sys.executable, "-m", "tfchargen", *args], capture_output=True, text=True, env=e, cwd=REPO)
         if r.returncode != 0:
@@ -208,19 +195,12 @@ def bench_model(model: str, args, go: bool, leak_check: bool):
     return out
 
 
-def machine_info():
-    def version(pkg):
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
+def toolchains():
+    """The C compiler's and Go's versions, beside common.machine_info()."""
     go = shutil.which("go")
     go_version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip() if go else None
     cc = subprocess.run(["cc", "--version"], capture_output=True, text=True).stdout.splitlines()
-    return {"cpu_count": os.cpu_count(), "sched_affinity_cpus": len(os.sched_getaffinity(0)),
-            "tensorflow": version("tensorflow"), "python": platform.python_version(), "platform": platform.platform(),
-            "cc": cc[0] if cc else None, "go": go_version}
+    return {"cc": cc[0] if cc else None, "go": go_version}
 
 
 def main(argv=None):
@@ -228,24 +208,28 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="a SavedModel version dir or export base (repeatable); "
                    "default: train and export the tiny preset into a temp dir")
-    p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV for the default tiny model (default: %(default)s)")
+    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV for the default tiny model (default: %(default)s)")
     p.add_argument("--calls", type=int, default=300, help="calls per client per round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per client, interleaved (default: %(default)s)")
     p.add_argument("--cold-runs", type=int, default=3, help="whole-process runs per client (default: %(default)s)")
     p.add_argument("--leak-calls", type=int, default=10000, help="C client calls in the leak check; 0: skip "
                    "(default: %(default)s)")
     p.add_argument("--no-go", action="store_true", help="leave the Go client out")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "native_latency.json"))
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
 
     go = not args.no_go and shutil.which("go") is not None
     if not args.no_go and not go:
         print("native_latency: no Go toolchain, leaving Go out", file=sys.stderr)
     build(go)
-    load_before = os.getloadavg()
+    try:
+        given = [common.latest_version(m) for m in args.model or []]
+    except FileNotFoundError as e:
+        sys.exit(f"native_latency: {e}")
+    machine = {**common.machine_info(probe=True), **toolchains()}
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="native-latency-") as tmp:
-        models = [version_dir(m) for m in args.model] if args.model else [train_tiny(tmp, args.data)]
+        models = given or [train_tiny(tmp, args.data)]
         sources = ({m: "given" for m in models} if args.model
                    else {models[0]: "tiny preset, seed 3, trained and exported by this script"})
         results = []
@@ -255,17 +239,11 @@ def main(argv=None):
             config = os.path.join(m, "assets")
             r["vocab_size"] = sum(1 for _ in open(os.path.join(config, "vocab.txt"), encoding="utf-8"))
             results.append(r)
-    out = {"benchmark": "native_latency",
-           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "request": REQUEST, "config": {k: v for k, v in vars(args).items() if k != "out"},
-           "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-           "seconds": round(time.time() - started, 1), "results": results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_out, args.out)
+    machine["loadavg_after"] = os.getloadavg()
+    common.write_result(args.out, {"benchmark": "native_latency", "request": REQUEST,
+                                   "config": {k: v for k, v in vars(args).items() if k != "out"},
+                                   "seconds": round(time.time() - started, 1), "results": results},
+                        machine=machine)
     for r in results:
         lat = r["latency_ms"]
         print(f"{r['model']}: " + ", ".join(f"{c} {v['median_ms']:.3f} ms" for c, v in lat.items())

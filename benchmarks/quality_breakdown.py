@@ -8,8 +8,7 @@ loss each class holds, and so how much any one remedy can win: e.g. if descripti
 taught its words as well as the titles teach theirs, the "descriptions only" rows would
 cost what the "train titles" rows cost.
 
-    python benchmarks/quality_breakdown.py --run-dir runs/agnews \\
-        --out benchmarks/results/quality_breakdown.json
+    python benchmarks/quality_breakdown.py --run-dir runs/agnews   # -> benchmarks/results/quality_breakdown.json
 
 Nothing here is asserted; the overall figure equals `tfchargen evaluate`'s on the same data.
 """
@@ -18,20 +17,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import re
-import sys
 
 import tensorflow as tf
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tfchargen import sources  # noqa: E402
-from tfchargen import train as train_lib  # noqa: E402
-from tfchargen.vocab import normalize_py  # noqa: E402
+import common  # next to this script
+from tfchargen import sources
+from tfchargen import train as train_lib
+from tfchargen.vocab import normalize_py
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "ag_news_csv", "test.csv"))
 WORD = re.compile(r"\w+")
 
 
@@ -54,12 +49,12 @@ def word_classes(text: str, title_words: set, description_words: set) -> list[st
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run-dir", required=True, help="a finished `tfchargen train` run")
-    p.add_argument("--data", default=DATA, help="AG News CSV (default: %(default)s)")
-    p.add_argument("--train-rows", type=int, default=6000, help="rows 1..N train, the rest is held out")
+    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV (default: %(default)s)")
+    p.add_argument("--train-rows", type=int, default=common.TRAIN_ROWS, help="rows 1..N train, the rest is held out")
     p.add_argument("--score", choices=("held-out", "train"), default="held-out",
                    help="which titles to score: held-out, or the training titles themselves (how well "
                         "the model fits what it saw)")
-    p.add_argument("--out", help="JSON results")
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
 
     cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
@@ -121,10 +116,8 @@ def main(argv=None):
               f"{r['nats_per_char']:.3f} nats/char  {r['share_of_nats']:6.1%} of nats")
     print(f"if description-only words cost like title words: {result['if_description_only_words_cost_like_title_words']:.3f}; "
           f"if unseen words did: {result['if_unseen_words_cost_like_title_words']:.3f}")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.out}")
+    common.write_result(args.out, {"benchmark": "quality_breakdown", **result})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,12 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF's C++ start-up ch
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # teaching_baseline sits next to this file, whatever the cwd
-
+import common  # noqa: E402  (common and teaching_baseline sit next to this script)
 import teaching_baseline  # noqa: E402
 from tfchargen import evaluate, pipeline, sources  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
@@ -58,8 +53,6 @@ from tfchargen import train as train_lib  # noqa: E402
 from tfchargen.train import CharCount  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
-DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
-DEFAULT_OUT = os.path.join(HERE, "results", "train_throughput.json")
 VARIANTS = ("teaching", "tfchargen_b8", "tfchargen_b8_windows", "tuned")
 # Minimum chars/s speedup over the teaching example that each variant should reach.
 TARGETS = {"tfchargen_b8": 3.0, "tfchargen_b8_windows": 3.0, "tuned": 10.0}
@@ -233,54 +226,13 @@ def steal_fraction(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-@tf.function(autograph=False)
-def _matmul_loop(a, b):
-    return tf.while_loop(lambda i, s: i < 50, lambda i, s: (i + 1, s + tf.matmul(a, b)),
-                         (tf.constant(0), tf.zeros([a.shape[0], b.shape[1]])))[1]
-
-
-def machine_probe(reps=5):
-    """The machine's speed just before a variant, on the two kinds of work that drift apart
-    on a shared VM: the teaching example is bound by Python, tfchargen by matmuls. Medians
-    of ``reps`` ~0.1 s trials: dense GFLOP/s at the shape of Keras' LSTM step at batch 256
-    ([256, 212] x [212, 512]: one-hot 83 + state 128 -> 4 x 128 gates; kept fixed so that
-    result files compare) and a pure-Python
-    loop's additions per second."""
-    a, b = tf.random.normal([256, 212]), tf.random.normal([212, 512])
-    _matmul_loop(a, b).numpy()  # trace
-    gflops, python = [], []
-    for _ in range(reps):
-        t = time.perf_counter()
-        _matmul_loop(a, b).numpy()
-        gflops.append(50 * 2 * 256 * 212 * 512 / (time.perf_counter() - t) / 1e9)
-        t, total = time.perf_counter(), 0
-        for i in range(1_000_000):
-            total += i
-        python.append(1.0 / (time.perf_counter() - t))
-    return {"matmul_gflops": float(np.median(gflops)), "python_million_adds_per_second": float(np.median(python))}
-
-
-def machine_info():
-    return {
-        "cpu_count": os.cpu_count(),
-        "sched_affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "tf_version": tf.__version__,
-        "keras_version": keras.__version__,
-        "numpy_version": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-    }
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV (default: %(default)s)")
+    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV (default: %(default)s)")
     p.add_argument("--budget-seconds", type=float, default=120.0, help="wall-clock training time per variant")
     p.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the rates (tracing)")
-    p.add_argument("--train-rows", type=int, default=6000, help="rows 1..N train, the rest is held out")
+    p.add_argument("--train-rows", type=int, default=common.TRAIN_ROWS, help="rows 1..N train, the rest is held out")
     # windows mode: no padding at all, so a large batch is compute-bound. 512 x 64 has the
     # characters per step of 256 x 128 in half the sequential timesteps (docs/benchmarks.md).
     p.add_argument("--tuned-batch", type=int, default=512)
@@ -297,7 +249,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=1,
                    help="run every variant this many times, alternating the order; report medians "
                         "(on a shared VM single runs drift: docs/benchmarks.md)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     p.add_argument("--in-process", action="store_true",
                    help="run the variants in this process (default: each in a fresh subprocess)")
     p.add_argument("--variant-json", help=argparse.SUPPRESS)  # internal: one variant's result
@@ -333,7 +285,7 @@ def main(argv=None):
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),
                        "--variants", name, "--variant-json", one]
-                probe = machine_probe()
+                probe = common.machine_probe()
                 before = cpu_ticks()
                 subprocess.run(cmd, check=True)
                 r = json.load(open(one, encoding="utf-8"))
@@ -342,7 +294,7 @@ def main(argv=None):
                 print(f"[{name}] machine before it: {probe['matmul_gflops']:.0f} matmul GFLOP/s, "
                       f"{probe['python_million_adds_per_second']:.1f}M Python adds/s", flush=True)
                 return r
-        probe = None if args.variant_json else machine_probe()  # (a child's parent probed already)
+        probe = None if args.variant_json else common.machine_probe()  # (a child's parent probed already)
         keras.backend.clear_session()
         keras.utils.set_random_seed(args.seed)  # same init and shuffling seed for every variant
         print(f"[{name}] training for {args.budget_seconds:g}s ...", flush=True)
@@ -367,7 +319,7 @@ def main(argv=None):
             json.dump(r, f)
         return r
 
-    load_before = os.getloadavg()
+    machine = common.machine_info()
     rounds = []
     for k in range(args.rounds):
         # Every other round runs the variants in reverse order: on a shared VM whose speed
@@ -450,7 +402,6 @@ def main(argv=None):
 
     report = {
         "benchmark": "train_throughput",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {
             "data": os.path.abspath(args.data), "field": "title",
             "train_rows": f"1-{n}", "heldout_rows": f"{n + 1}-end",
@@ -460,7 +411,6 @@ def main(argv=None):
             "tuned": {"batch_size": args.tuned_batch, "mode": args.tuned_mode, "window": args.tuned_window,
                       "learning_rate": args.tuned_lr},
         },
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "definitions": {
             "chars_per_second": "real (non-padding) target characters trained per second, "
                                 "after the first warmup_steps steps",
@@ -489,11 +439,8 @@ def main(argv=None):
                     for k, v in TARGETS.items()},
         "variants": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"  # write then rename: a reader never sees half a file
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    machine["loadavg_after"] = os.getloadavg()
+    report = common.write_result(args.out, report, machine=machine)
     print(f"\nwrote {args.out}")
     return report
 

@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.slow
+
 DATA_ROWS = "[:600]"
 EVAL_ROWS = "[6000:6300]"
 # clipnorm 0.05 clips every step: clipping must see the summed gradient, not a replica's share.

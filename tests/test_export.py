@@ -16,16 +16,9 @@ from tfchargen import export as export_lib
 from tfchargen import generate as gen_lib
 from tfchargen import train as train_lib
 
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["Today ", "On Sunday ", "", "Stocks", "日本 ☃ unknown", "x" * 5000]
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):
-    base = tmp_path_factory.mktemp("models") / "chargen"
-    r = run_cli("export", "--run-dir", tiny_run, "--export-base", base, "--default-max-length", 12,
-                "--default-temperature", 0)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return base
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +51,9 @@ print(json.dumps({"text": [t.decode("utf-8") for t in out["text"].numpy()],
 """
 
 
-def test_fresh_process_without_tensorflow_text_matches_in_memory(exported, gen):
+def test_fresh_process_without_tensorflow_text_matches_in_memory(version_dir, gen):
     code = FRESH.replace("PROMPTS", json.dumps(PROMPTS))
-    r = subprocess.run([sys.executable, "-c", code, str(exported / "1")], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code, str(version_dir)], capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -71,10 +64,10 @@ def test_fresh_process_without_tensorflow_text_matches_in_memory(exported, gen):
     np.testing.assert_allclose(got["score"], gen.score(tf.constant(PROMPTS))["nats_per_char"].numpy(), rtol=1e-5)
 
 
-def test_session_loader_saved_model_cli(exported, gen):
+def test_session_loader_saved_model_cli(version_dir, gen):
     exprs = 'prompt=["Today ",""];max_length=[15,4];temperature=[0.0,0.0];top_k=[0,0];top_p=[1.0,1.0];seed=[0,0]'
     r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
-                        str(exported / "1"), "--tag_set", "serve", "--signature_def", "generate",
+                        str(version_dir), "--tag_set", "serve", "--signature_def", "generate",
                         "--input_exprs", exprs], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     want = call(gen, ["Today ", ""], max_length=[15, 4])
@@ -82,10 +75,10 @@ def test_session_loader_saved_model_cli(exported, gen):
     assert text_line == str(want["text"])  # saved_model_cli prints the numpy array
 
 
-def test_graph_has_no_pyfunc_ops(exported):
+def test_graph_has_no_pyfunc_ops(version_dir):
     from tensorflow.core.protobuf import saved_model_pb2
     sm = saved_model_pb2.SavedModel()
-    sm.ParseFromString((exported / "1" / "saved_model.pb").read_bytes())
+    sm.ParseFromString((version_dir / "saved_model.pb").read_bytes())
     ops = set()
     for mg in sm.meta_graphs:
         ops |= {n.op for n in mg.graph_def.node}
@@ -93,7 +86,7 @@ def test_graph_has_no_pyfunc_ops(exported):
             ops |= {n.op for n in f.node_def}
     assert ops and not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
     assert not any(o.startswith("Cudnn") for o in ops)
-    assert (exported / "1" / "assets" / "vocab.txt").exists()
+    assert (version_dir / "assets" / "vocab.txt").exists()
 
 
 def reference_greedy(rnn, vocab, prompt, n):
@@ -187,22 +180,23 @@ def test_score_equals_the_training_loss(gen):
     assert float(got["log_prob"][0]) == pytest.approx(-want * len(text), rel=1e-5)
 
 
-def test_cli_generate_and_evaluate_use_the_savedmodel(exported, tiny_run):
-    r = run_cli("generate", "--model", exported, "--prompt", "Today ", "--prompt", "On Sunday ",
+def test_cli_generate_and_evaluate_use_the_savedmodel(tiny_model, tiny_run):
+    r = run_cli("generate", "--model", tiny_model, "--prompt", "Today ", "--prompt", "On Sunday ",
                 "--max-length", 20, "--temperature", 0.8, "--seed", 7, "--num-samples", 2, "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(rows) == 4 and all(row["text"].startswith(row["prompt"]) for row in rows)
     assert all(row["num_chars"] <= 20 for row in rows)
-    r = run_cli("generate", "--model", exported, "--temperatures", "0.3,0.8,1.0,1.3,1.8", "--max-length", 10)
+    r = run_cli("generate", "--model", tiny_model, "--temperatures", "0.3,0.8,1.0,1.3,1.8", "--max-length", 10)
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 5
-    by_model = run_cli("evaluate", "--model", exported, "--data", HELDOUT)
+    by_model = run_cli("evaluate", "--model", tiny_model, "--data", HELDOUT)
     by_run = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
     a, b = (json.loads(x.stdout.strip().splitlines()[-1]) for x in (by_model, by_run))
     assert a["chars"] == b["chars"] and a["nats_per_char"] == pytest.approx(b["nats_per_char"], rel=1e-5)
 
 
-def test_versions_are_atomic_and_increment(exported, tiny_run):
+def test_versions_are_atomic_and_increment(tiny_model_copy, tiny_run):
+    exported = tiny_model_copy
     # The XLA variant as version 2: export() itself runs it through the session loader.
     path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
     assert os.path.basename(path) == "2" and export_lib.versions(str(exported)) == [1, 2]

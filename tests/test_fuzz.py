@@ -18,10 +18,10 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
-import fuzz_signatures as fz  # noqa: E402
+pytestmark = pytest.mark.slow
 
 DEFAULT_MAX_LENGTH = 12  # tiny_model's --default-max-length
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -29,8 +29,8 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=N
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    return fz.Model.cached(str(tiny_model / "1"))
+def model(version_dir):
+    return fz.Model.cached(str(version_dir))
 
 
 # -- strategies -------------------------------------------------------------------------------
@@ -179,24 +179,12 @@ def test_the_standalone_fuzzer_in_ci(tiny_model, tmp_path):
 
 
 # -- the C client (export/c/tfchargen-c) on a small fuzz sample -------------------------------
-def c_client():
-    c_dir = ROOT / "export" / "c"
-    if not (c_dir / "Makefile").exists():
-        pytest.skip("export/c is not there")
-    r = subprocess.run(["make", "-C", str(c_dir), f"PYTHON={sys.executable}", "tfchargen-c"], capture_output=True,
-                       text=True, timeout=300)
-    if r.returncode != 0:  # tests/test_native_clients.py reports build failures
-        pytest.skip(f"tfchargen-c does not build here: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    return c_dir / "tfchargen-c"
-
-
-def test_c_client_fuzz_sample(model):
+def test_c_client_fuzz_sample(model, c_client):
     """6 random cases through tfchargen-c (argv cannot hold NUL: those bytes are dropped):
     seeded and greedy rows byte-identical to the Python signature, invalid controls one line
     with the graph's message and exit 1, never a crash."""
     import random
 
-    binary = c_client()
     rng = random.Random(11)
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     cases = []
@@ -208,7 +196,7 @@ def test_c_client_fuzz_sample(model):
         c = {k: v[0] if v else 0 for k, v in ctrl.items()}
         flags = ["--max-length", str(c["max_length"]), "--temperature", repr(float(np.float32(c["temperature"]))),
                  "--top-k", str(c["top_k"]), "--top-p", repr(float(np.float32(c["top_p"]))), "--seed", str(c["seed"])]
-        cases.append((prompts, c, subprocess.Popen([str(binary), *flags, str(model.path), *prompts],
+        cases.append((prompts, c, subprocess.Popen([str(c_client), *flags, str(model.path), *prompts],
                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)))
     for prompts, c, proc in cases:
         out, err = proc.communicate(timeout=300)

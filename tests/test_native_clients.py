@@ -4,17 +4,14 @@ a signature reader that agrees with protobuf and survives corrupted bytes, no me
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import C_DIR
 
-C_DIR = ROOT / "export" / "c"
-GO_DIR = ROOT / "export" / "go"
-BINARIES = {"c": C_DIR / "tfchargen-c", "go": GO_DIR / "tfchargen-go"}
+pytestmark = pytest.mark.slow
 
 PROMPTS = [
     "Today ".encode(),
@@ -69,41 +66,9 @@ def _env():
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def _make(directory, timeout=300):
-    r = subprocess.run(["make", "-C", str(directory), f"PYTHON={sys.executable}"], capture_output=True,
-                       text=True, timeout=timeout)
-    if r.returncode != 0:
-        pytest.fail(f"make -C {directory} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-@pytest.fixture(scope="module")
-def c_client():
-    _make(C_DIR)
-    assert BINARIES["c"].exists()
-    return BINARIES["c"]
-
-
-@pytest.fixture(scope="module")
-def go_client():
-    if shutil.which("go") is None:
-        msg = "no Go toolchain (apt-get install golang-go); .ci/run installs it"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    _make(GO_DIR, timeout=600)
-    assert BINARIES["go"].exists()
-    return BINARIES["go"]
-
-
 @pytest.fixture(params=["c", "go"])
 def client(request):
     return request.getfixturevalue(f"{request.param}_client")
-
-
-@pytest.fixture(scope="module")
-def version_dir(tiny_model):
-    return tiny_model / "1"
 
 
 @pytest.fixture(scope="module")

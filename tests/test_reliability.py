@@ -69,6 +69,7 @@ def tmp_dirs(base):
     return [d for d in os.listdir(base) if d.startswith(".tmp-")]
 
 
+@pytest.mark.slow
 def test_export_killed_at_random_moments_never_leaves_a_broken_version(tiny_run, tiny_model, tmp_path):
     # Shell metacharacters in the path: it must be used literally, never run through a shell.
     base = tmp_path / "models; rm -rf SENTINEL $(touch PWNED) `touch PWNED`" / "chargen"
@@ -135,6 +136,7 @@ def test_export_killed_at_random_moments_never_leaves_a_broken_version(tiny_run,
 
 
 # -- interrupted training ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_killed_at_a_random_moment_keeps_whole_files_and_resumes(tmp_path, data_path):
     import h5py
 
@@ -223,7 +225,7 @@ def test_invalid_utf8_and_nul_in_csv_are_data_not_errors(tmp_path):
 
 @pytest.mark.parametrize("spec", ["csv:{data}[5:5]", "csv:{data}[7600:]", "text:{empty}", "text:{empty}[:10]",
                                   "csv:{empty}", "text:{data}[100%:]"])
-def test_empty_data_is_a_clear_error(tmp_path, spec):
+def test_empty_data_is_a_clear_error(tmp_path, data_path, spec):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     spec = spec.format(data=DATA, empty=empty)
@@ -232,6 +234,7 @@ def test_empty_data_is_a_clear_error(tmp_path, spec):
 
 
 # -- CLI errors: one line, exit code 2 --------------------------------------------------------
+@pytest.mark.slow
 def test_cli_malformed_csv_in_train_and_skip_in_evaluate(tmp_path, tiny_run, capsys):
     path = csv_file(tmp_path, BAD["non-numeric label"][0])
     r = run_cli("train", "--run-dir", tmp_path / "run", "--train-data", f"csv:{path}", "--no-export")
@@ -254,6 +257,7 @@ def drop_a_vocab_line(run):
     (run / "vocab.txt").write_text("\n".join(lines[:5] + lines[6:]), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_cli_export_of_a_run_whose_vocab_was_edited(tiny_run, tmp_path):
     run = edited_run(tiny_run, tmp_path, drop_a_vocab_line)
     one_error_line(run_cli("export", "--run-dir", run, "--export-base", tmp_path / "m"),
@@ -261,6 +265,7 @@ def test_cli_export_of_a_run_whose_vocab_was_edited(tiny_run, tmp_path):
     assert not (tmp_path / "m").exists() or versions(str(tmp_path / "m")) == []
 
 
+@pytest.mark.slow
 def test_cli_model_that_is_not_a_savedmodel(tmp_path):
     bad = tmp_path / "notamodel"
     bad.mkdir()
@@ -290,6 +295,7 @@ def vocab_not_ours(run):
     (run / "vocab.txt").write_text("a\nb\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,match", [
     (drop_a_vocab_line, "do not fit its vocab.txt and config.json"),
     (edit_units, "do not fit its vocab.txt and config.json"),
@@ -304,6 +310,7 @@ def test_cli_evaluate_a_damaged_run_dir(tiny_run, tmp_path, capsys, edit, match)
     assert code == 2 and len(lines) == 1 and match in lines[0], lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,match", [
     (["evaluate", "--model", "{tmp}", "--data", f"csv:{DATA}[:5]"], "holds no model versions"),
     (["evaluate", "--model", "{tmp}/nope", "--data", f"csv:{DATA}[:5]"], "no such model directory"),
@@ -324,6 +331,7 @@ def test_cli_errors_in_process(tiny_run, tiny_model, tmp_path, capsys, argv, mat
     assert code == 2 and len(lines) == 1 and match in lines[0], lines
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode: 'unreadable' cannot happen")
 def test_cli_unreadable_file(tmp_path, capsys, tiny_run):
     p = tmp_path / "secret.txt"
@@ -334,6 +342,7 @@ def test_cli_unreadable_file(tmp_path, capsys, tiny_run):
 
 
 # -- security ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_savedmodel_reads_only_its_own_files(tiny_run, tiny_model, tmp_path):
     """Loads a copy of the export under strace: every file it opens outside the Python/TF
     installation and the system is inside the copy (never the run dir or its vocab.txt)."""
@@ -366,6 +375,7 @@ def test_savedmodel_reads_only_its_own_files(tiny_run, tiny_model, tmp_path):
         str(copy / f) for f in ("assets/vocab.txt", "saved_model.pb", "fingerprint.pb", "variables/variables.index")}
 
 
+@pytest.mark.slow
 def test_asset_paths_are_relative_to_the_export(tiny_model, tiny_run):
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -382,6 +392,7 @@ def test_asset_paths_are_relative_to_the_export(tiny_model, tiny_run):
     assert not [s for s in consts if str(tiny_run).encode() in s or s.startswith(b"/")]
 
 
+@pytest.mark.slow
 def test_command_line_paths_are_literal(tiny_run, tmp_path):
     """A data path full of shell syntax is a file name like any other (run from tmp_path, so
     that a shell, if one ever ran it, would create pwned* and delete keep/ right there)."""

@@ -30,11 +30,6 @@ SERVING = ROOT / "serving"
 
 
 @pytest.fixture(scope="module")
-def version_dir(tiny_model):
-    return tiny_model / "1"
-
-
-@pytest.fixture(scope="module")
 def standin(tiny_model):
     server = Standin(str(tiny_model)).start()
     yield server
@@ -68,6 +63,7 @@ def signature_defs(version_dir):
 # ------------------------------------------------------------------------- SavedModel contract
 
 
+@pytest.mark.slow
 def test_signatures_are_predict_and_batched_on_dimension_0(version_dir):
     sigs = signature_defs(version_dir)
     assert set(SIGNATURES) <= set(sigs)
@@ -80,6 +76,7 @@ def test_signatures_are_predict_and_batched_on_dimension_0(version_dir):
                 assert not info.tensor_shape.unknown_rank and dims == [-1], f"{name} {kind} {key}: {dims}"
 
 
+@pytest.mark.slow
 def test_warmup_file_has_a_request_per_signature_matching_its_inputs(version_dir):
     path = version_dir / "assets.extra" / "tf_serving_warmup_requests"
     assert path.is_file()
@@ -127,6 +124,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_warmup_replays_through_the_savedmodel_in_a_fresh_process(version_dir):
     r = subprocess.run([sys.executable, "-c", REPLAY, str(version_dir)], capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -212,6 +210,7 @@ def clients(standin, **kwargs):
             "grpc": GrpcClient(standin.grpc_target, **kwargs)}
 
 
+@pytest.mark.slow
 def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(standin):
     want = local_generate(standin, PROMPTS)
     want_score = {k: v.numpy() for k, v in standin.model.loaded.signatures["score"](text=tf.constant(PROMPTS)).items()}
@@ -232,6 +231,7 @@ def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(standin):
         c.close()
 
 
+@pytest.mark.slow
 def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(standin):
     assert client_lib._json_value([b"To\xffday", "ok"], False) == [{"b64": "VG//ZGF5"}, "ok"]
     assert client_lib._json_value(["ok"], True) == [{"b64": "b2s="}]
@@ -243,6 +243,7 @@ def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(standin):
         assert c.generate([b"To\xffday"], max_length=10, temperature=0.0)["text"][0] == want
 
 
+@pytest.mark.slow
 def test_retries_on_unavailable_then_succeed(standin):
     for name, c in clients(standin, retries=3, backoff=0.01).items():
         standin.model.reset()
@@ -251,6 +252,7 @@ def test_retries_on_unavailable_then_succeed(standin):
         assert len(out["text"]) == 1 and standin.model.predict_calls == 3, name
 
 
+@pytest.mark.slow
 def test_exhausted_retries_give_a_clear_error(standin):
     for name, c in clients(standin, retries=1, backoff=0.01).items():
         standin.model.reset()
@@ -265,6 +267,7 @@ def test_exhausted_retries_give_a_clear_error(standin):
         GrpcClient("127.0.0.1:9", retries=1, backoff=0.01, timeout=5).generate(["x"])
 
 
+@pytest.mark.slow
 def test_invalid_control_is_an_error_with_the_graphs_message(standin):
     for name, c in clients(standin).items():
         with pytest.raises(ServingError, match=r"top_p must be in \(0, 1\]") as e:
@@ -278,6 +281,7 @@ def test_invalid_control_is_an_error_with_the_graphs_message(standin):
         RestClient(standin.rest_url).generate(["a", "b"], seed=[1, 2, 3])
 
 
+@pytest.mark.slow
 def test_timeout_is_honoured_and_not_retried(standin):
     standin.model.delay_s = 3.0
     for name, c in clients(standin, timeout=0.5, retries=3).items():
@@ -289,6 +293,7 @@ def test_timeout_is_honoured_and_not_retried(standin):
         assert standin.model.predict_calls == 1, name
 
 
+@pytest.mark.slow
 def test_model_status(standin):
     rest = RestClient(standin.rest_url).status()
     assert rest["model_version_status"][0]["state"] == "AVAILABLE"
@@ -297,6 +302,7 @@ def test_model_status(standin):
     assert grpc_status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
+@pytest.mark.slow
 def test_cli_generate_against_a_server(standin):
     want = local_generate(standin, ["Today ", "On Sunday "], max_length=20)
     for server in (["--server", standin.rest_url], ["--server", standin.grpc_target, "--protocol", "grpc"]):

@@ -7,18 +7,17 @@ result is recorded in benchmarks/results/soak.json.
 """
 
 import os
-import sys
 
-from conftest import ROOT
+import pytest
 
-sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
-import fuzz_signatures as fz  # noqa: E402
-import soak  # noqa: E402
+import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
+import soak
 
 
-def test_16_threads_on_one_loaded_model(tiny_model):
+@pytest.mark.slow
+def test_16_threads_on_one_loaded_model(version_dir):
     calls = int(os.environ.get("TFCHARGEN_SOAK_CALLS", "25"))
-    model = fz.Model.cached(str(tiny_model / "1"))  # shared with test_fuzz
+    model = fz.Model.cached(str(version_dir))  # shared with test_fuzz
     # tiny_model's serving_default is greedy (--default-temperature 0), 12 characters.
     summary = soak.soak(model, threads=16, calls=calls, seed=0, default_max_length=12, default_deterministic=True)
     assert summary["errors"] == 0, summary["first_errors"]

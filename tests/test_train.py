@@ -27,6 +27,7 @@ def unigram_entropy(texts):
     return -sum(c / n * math.log(c / n) for c in counts.values())
 
 
+@pytest.mark.slow
 def test_short_run_beats_unigram_entropy(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -42,6 +43,7 @@ def test_short_run_beats_unigram_entropy(tiny_run):
     assert any(f.startswith("events") for _, _, fs in os.walk(tiny_run / "logs" / "eval") for f in fs)
 
 
+@pytest.mark.slow
 def test_evaluate_agrees_with_training_metrics(tiny_run):
     r = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -59,6 +61,7 @@ def test_evaluate_agrees_with_training_metrics(tiny_run):
     assert out["unknown_chars"] == int(vocab.count_unknown(tf.constant(held)).numpy().sum())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     run_dir = tmp_path / "resume"
     args = [sys.executable, "-m", "tfchargen", "train", "--run-dir", str(run_dir), "--train-data", TRAIN,
@@ -99,6 +102,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
 
+@pytest.mark.slow
 def test_same_seed_same_training(tmp_path, data_path):
     losses = []
     for name in ("a", "b"):
@@ -109,12 +113,14 @@ def test_same_seed_same_training(tmp_path, data_path):
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow
 def test_cli_help_for_every_subcommand():
     for sub in ([], ["train"], ["evaluate"]):
         r = run_cli(*sub, "--help")
         assert r.returncode == 0 and "usage: tfchargen" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra,match", [
     (["--train-data", "csv:/no/such.csv"], "no such file"),
     (["--train-data", "tfds:ag_news_subset/train", "--tfds-data-dir", "/tmp/tfchargen-empty-tfds"], "csv:PATH"),
@@ -126,11 +132,13 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, extra, match):
     assert len([line for line in r.stderr.splitlines() if line.startswith("tfchargen")]) == 1
 
 
+@pytest.mark.slow
 def test_run_dir_with_other_architecture_is_refused(tiny_run):
     r = run_cli("train", "--run-dir", tiny_run, "--train-data", TRAIN, "--units", 64, timeout=120)
     assert r.returncode == 2 and "different" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
     """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
     learning rate leaves them exactly as they were); another model shape is refused."""

@@ -25,8 +25,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fuzz_signatures as fz  # noqa: E402
+import fuzz_signatures as fz  # beside this file: on sys.path when run as a script, and in pytest
 
 PROMPTS = [b"Today ", b"On Sunday ", b"", b"Stocks rise as oil falls", "Zürich 😀 日本".encode(), b"\xff\xfeab",
            b"Google IPO " * 30, b"a\x00b", "e\u0301".encode() * 20, b"Red Sox"]
