@@ -22,11 +22,14 @@ rows of the batch. Unseeded rows use ``tf.random.categorical``.
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from . import contract
 from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
 from .model import CharRNN
+from .state import StateCodec
 from .vocab import Vocabulary, normalize
 
 NEG_INF = float("-inf")
@@ -258,15 +261,75 @@ class Generator(tf.Module):
                 tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
         ids, lengths = self.prompt_ids(prompt)
         new_ids, ended, log_prob = self._loop(ids, lengths, max_length, temperature, top_k, top_p, seed)
+        return self._chunk(normalize(prompt), new_ids, ended, log_prob)
+
+    def _chunk(self, prefix, new_ids, ended, log_prob):
+        """generate's outputs for new ids [B, T]; ``text`` is ``prefix`` + the continuation."""
         continuation = self.vocab.decode(new_ids)
         num_chars = tf.reduce_sum(tf.cast((new_ids > 0) & (new_ids != self.vocab.eos_id), tf.int32), axis=1)
         return {
-            "text": tf.strings.join([normalize(prompt), continuation]),
+            "text": continuation if prefix is None else tf.strings.join([prefix, continuation]),
             "continuation": continuation,
             "num_chars": num_chars,
             "ended_with_eos": ended,
             "log_prob": log_prob,
         }
+
+    # -- streaming: start + continue, the state in one string per row (state.py) -----
+    @functools.cached_property
+    def codec(self) -> StateCodec:
+        """This model's state codec; its fingerprint is taken from the weights at first use."""
+        return StateCodec.for_model(self.rnn, self.vocab)
+
+    @functools.cached_property
+    def _stream_loops(self):
+        opts = dict(jit_compile=self.jit_compile, autograph=False, reduce_retracing=True)
+        return tf.function(self._start_steps, **opts), tf.function(self._steps, **opts)
+
+    def _start_steps(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
+        logits, states = self._prompt_pass(ids, lengths)
+        batch = tf.shape(ids)[0]
+        return self._steps(logits, states, max_length, temperature, top_k, top_p, seed,
+                           position=tf.zeros([batch], tf.int32), ended=tf.zeros([batch], tf.bool))
+
+    def start(self, prompt, max_length, temperature, top_k, top_p, seed):
+        """generate's first chunk, plus each row's ``state_bytes`` to continue it.
+
+        Example:
+        >>> out = g.start(tf.constant(["Today "]), tf.constant([8]), tf.constant([0.8]),
+        ...               tf.constant([0]), tf.constant([1.0]), tf.constant([7], tf.int64))  # doctest: +SKIP
+        >>> nxt = g.continue_(out["state_bytes"], tf.constant([8]), ...)                   # doctest: +SKIP
+        """
+        checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
+        with tf.control_dependencies(checks):  # as in generate: nothing runs before the checks
+            prompt, max_length, temperature, top_k, top_p, seed = (
+                tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
+        ids, lengths = self.prompt_ids(prompt)
+        new_ids, ended, log_prob, position, logits, states = self._stream_loops[0](
+            ids, lengths, max_length, temperature, top_k, top_p, seed)
+        out = self._chunk(normalize(prompt), new_ids, ended, log_prob)
+        out[contract.STATE] = self.codec.encode(position, ended, logits, states)
+        return out
+
+    def continue_(self, state_bytes, max_length, temperature, top_k, top_p, seed):
+        """The next chunk of each row's stream: the outputs of ``start`` (``text`` is the
+        chunk's continuation); a row that ended with <eos> gives empty chunks from then on.
+
+        Chained chunks equal one ``generate`` call of their total length for seeded and
+        greedy rows, whatever the chunk sizes and the batch the row is continued in.
+        """
+        checks = validate_controls(state_bytes, max_length, temperature, top_k, top_p, seed)
+        with tf.control_dependencies(checks):
+            state_bytes, max_length, temperature, top_k, top_p, seed = (
+                tf.identity(x) for x in (state_bytes, max_length, temperature, top_k, top_p, seed))
+        state_checks, (position, ended, logits, states) = self.codec.decode(state_bytes)
+        with tf.control_dependencies(state_checks):
+            max_length = tf.identity(max_length)
+        new_ids, ended, log_prob, position, logits, states = self._stream_loops[1](
+            logits, states, max_length, temperature, top_k, top_p, seed, position, ended)
+        out = self._chunk(None, new_ids, ended, log_prob)
+        out[contract.STATE] = self.codec.encode(position, ended, logits, states)
+        return out
 
     def score(self, text):
         """Per text: nats/char, total log-prob and the number of scored characters.
