@@ -46,7 +46,8 @@ def fingerprint(rnn, vocab) -> int:
     h.update("\n".join(vocab.chars).encode("utf-8"))
     h.update(f"|{rnn.cell}|{rnn.layers}|{rnn.units}|".encode())
     for w in rnn.model.weights:
-        value = np.asarray(w.numpy(), dtype=np.float32)
+        with tf.init_scope():  # the values, also while a signature is being traced
+            value = np.asarray(w.numpy(), dtype=np.float32)
         h.update(f"{w.path}{value.shape}".encode())
         h.update(value.tobytes())
     return int.from_bytes(h.digest()[:4], "little")
