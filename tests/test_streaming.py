@@ -204,3 +204,123 @@ def test_continue_checks_its_controls_and_takes_an_empty_batch(gen):
         gen.continue_(tf.constant(state), **controls(2))
     empty = numpy(gen.continue_(tf.constant([], tf.string), **{k: v[:0] for k, v in controls(1).items()}))
     assert all(v.shape == (0,) for v in empty.values())
+
+
+# -- slow: a real export, fresh processes, servers, the C client --------------------------------
+LONG = 5000  # characters of the longest stream tested (past one call's 2048)
+
+
+@pytest.fixture(scope="module")
+def export_base(tmp_path_factory):
+    """A random model that never emits <eos>, exported through the CLI."""
+    run = random_run(tmp_path_factory.mktemp("stream-run"), eos_bias=-30.0)
+    base = tmp_path_factory.mktemp("stream-models") / "chargen"
+    r = run_cli("export", "--run-dir", run, "--export-base", base)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base
+
+
+FRESH = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+from tfchargen import streaming
+m = tf.saved_model.load(sys.argv[1])
+predict = streaming.local_predict(m)
+prompts = [b"Today ", b"", b"fox"]
+kw = dict(temperature=[0.0, 1.0, 0.7], top_k=[0, 0, 4], top_p=[1.0, 0.9, 1.0], seed=[0, 11, -3])
+def joined(max_length, chunk):
+    outs = list(streaming.chunks(predict, prompts, max_length, chunk, **kw))
+    return [b"".join(o["continuation"][i] for o in outs).decode() for i in range(3)], \
+           sum(o["log_prob"] for o in outs).tolist(), len(outs)
+one = predict("generate", {"prompt": prompts, "max_length": [2048] * 3, **kw})
+print(json.dumps({"generate": [c.decode() for c in one["continuation"]], "generate_lp": one["log_prob"].tolist(),
+                  "by_7": joined(300, 7), "by_300": joined(300, 300), "by_2048": joined(%d, 2048),
+                  "by_500": joined(%d, 500)}))
+""" % (LONG, LONG)
+
+
+@pytest.mark.slow
+def test_fresh_process_streams_equal_generate_and_pass_2048_characters(export_base):
+    r = subprocess.run([sys.executable, "-c", FRESH, str(export_base / "1")], capture_output=True, text=True,
+                       timeout=900, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    gen_text, gen_lp = got["generate"], got["generate_lp"]
+    assert all(len(t) == 2048 for t in gen_text)  # the model never ends: every row runs to its length
+    for key, n in (("by_7", 300), ("by_300", 300)):
+        assert got[key][0] == [t[:n] for t in gen_text], key
+    assert got["by_7"][2] == 43 and got["by_300"][2] == 1
+    np.testing.assert_allclose(got["by_7"][1], got["by_300"][1], rtol=1e-5)
+    long_a, long_b = got["by_2048"], got["by_500"]
+    assert long_a[0] == long_b[0] and all(len(t) == LONG for t in long_a[0])
+    assert [t[:2048] for t in long_a[0]] == gen_text
+    np.testing.assert_allclose(long_a[1], long_b[1], rtol=1e-4)
+    assert all(lp < g for lp, g in zip(long_a[1], gen_lp))  # 5000 characters cost more than 2048
+
+
+@pytest.mark.slow
+def test_in_process_states_continue_on_the_export_and_foreign_ones_are_refused(export_base, tmp_path):
+    tmp_path.joinpath("same").mkdir()
+    same = gen_lib.Generator(*reversed(random_model(tmp_path / "same", eos_bias=-30.0)))
+    other = gen_lib.Generator(*reversed(random_model(tmp_path / "other", seed=5, eos_bias=-30.0)))
+    loaded = tf.saved_model.load(str(export_base / "1"))
+    cont = loaded.signatures["continue"]
+    kw = controls(2, max_length=20, temperature=[0.0, 1.0], seed=[0, 4])
+    state = same.start(tf.constant(["Today ", "fox"]), **kw)[contract.STATE]
+    exported = cont(state_bytes=state, **kw)
+    local = same.continue_(state, **kw)
+    assert list(exported["continuation"].numpy()) == list(local["continuation"].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="another model"):
+        cont(state_bytes=other.start(tf.constant(["Today ", "fox"]), **kw)[contract.STATE], **kw)
+
+
+@pytest.mark.slow
+def test_saved_model_cli_runs_start(export_base):
+    exprs = 'prompt=["Today "];max_length=[5];temperature=[0.0];top_k=[0];top_p=[1.0];seed=[0]'
+    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
+                        str(export_base / "1"), "--tag_set", "serve", "--signature_def", "start",
+                        "--input_exprs", exprs], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Result for output key state_bytes" in r.stdout and "Result for output key continuation" in r.stdout
+
+
+@pytest.mark.slow
+def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(export_base):
+    args = ["--model", export_base, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21]
+    one = run_cli("generate", *args, "--max-length", 300)
+    streamed = run_cli("generate", *args, "--max-length", 300, "--stream", "--chunk", 64)
+    assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
+    assert streamed.stdout == one.stdout and len(one.stdout) == len("Today ") + 300 + 1
+    long = run_cli("generate", *args, "--max-length", 3000, "--stream", "--chunk", 2048)
+    assert long.returncode == 0 and long.stdout.startswith(one.stdout[:-1]) and len(long.stdout) == 6 + 3000 + 1
+    bad = run_cli("generate", "--model", export_base, "--stream", "--prompt", "a", "--prompt", "b")
+    assert bad.returncode == 2 and "--stream prints one text" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("generate", "--model", export_base, "--stream", "--chunk", 5000)
+    assert bad.returncode == 2 and "--chunk must be in 1..2048" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_client_stream_retries_a_chunk_without_repeating_text(export_base, protocol):
+    from serving_standin import Standin
+
+    from tfchargen.client import GrpcClient, RestClient
+
+    with Standin(str(export_base)) as server:
+        client = (RestClient(server.rest_url, backoff=0.01) if protocol == "rest"
+                  else GrpcClient(server.grpc_target, backoff=0.01))
+        with client:
+            kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
+            clean = list(client.stream("Today ", **kw))
+            it = client.stream("Today ", **kw)
+            faulty = [next(it), next(it)]
+            server.model.fail_next(2)  # the next chunk's first two attempts fail: UNAVAILABLE
+            calls = server.model.predict_calls
+            faulty += list(it)
+            assert server.model.predict_calls - calls == len(clean) - 2 + 2
+    assert faulty == clean and len(clean) == 8
+    assert len("".join(clean)) == 6 + 120
+    loaded = tf.saved_model.load(str(export_base / "1"))
+    one = loaded.signatures["generate"](prompt=tf.constant(["Today "]), **controls(1, 120, temperature=1.0, seed=9))
+    assert "".join(clean) == one["text"].numpy()[0].decode()
