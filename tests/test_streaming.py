@@ -324,3 +324,14 @@ def test_client_stream_retries_a_chunk_without_repeating_text(export_base, proto
     loaded = tf.saved_model.load(str(export_base / "1"))
     one = loaded.signatures["generate"](prompt=tf.constant(["Today "]), **controls(1, 120, temperature=1.0, seed=9))
     assert "".join(clean) == one["text"].numpy()[0].decode()
+
+
+@pytest.mark.slow
+def test_state_fuzzer_short_run(export_base, tmp_path):
+    out = tmp_path / "fuzz_state.json"
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_state.py"), "--model", str(export_base),
+                        "--cases", "120", "--seed", "3", "--json", str(out)], capture_output=True, text=True,
+                       timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    summary = json.loads(out.read_text())
+    assert r.returncode == 0 and summary["unexpected"] == 0, summary["failures"]
+    assert summary["outcomes"].get("exact", 0) > 5 and summary["outcomes"].get("invalid_argument", 0) > 40

@@ -58,7 +58,7 @@ STATE_MAGIC = 0x54434753  # "TCGS": a tfchargen stream state
 STATE_FORMAT_VERSION = 1
 MAX_STATE_ABS = 1e6  # a state's logits and RNN states must lie in [-MAX_STATE_ABS, MAX_STATE_ABS]
 MSG_STATE_SIZE = ("state_bytes: not a stream state of this model (wrong size: a state from another "
-                  "model, or cut short); pass each row's state_bytes back exactly as returned")
+                  "model, or cut short); pass state_bytes back exactly as returned")
 MSG_STATE_FORMAT = "state_bytes: not a tfchargen stream state (bad header or encoding)"
 MSG_STATE_MODEL = ("state_bytes: a stream state of another model (its fingerprint differs: another "
                    "export or version); start the stream again")
