@@ -25,7 +25,7 @@ from tfchargen import client as client_lib
 from tfchargen import warmup as warmup_lib
 from tfchargen.client import GrpcClient, RestClient, ServingError
 
-SIGNATURES = ("serving_default", "generate", "score")
+SIGNATURES = ("serving_default", "generate", "score", "start", "continue")
 SERVING = ROOT / "serving"
 
 

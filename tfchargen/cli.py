@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="0 = unseeded; sample j of a prompt uses seed+j")
     gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     gen.add_argument("--json", action="store_true", help="one JSON object per sample")
+    gen.add_argument("--stream", action="store_true", help="print one prompt's text chunk by chunk as it "
+                     "arrives (the start and continue signatures; --max-length may exceed 2048)")
+    gen.add_argument("--chunk", type=int, default=32, help="new characters per chunk with --stream (default 32)")
 
     e = sub.add_parser("evaluate", help="held-out nats/char of a trained run or exported model",
                        description="Print JSON metrics: nats/char, bits/char, perplexity, characters scored "
@@ -197,6 +200,9 @@ def load_savedmodel(model: str, version: int | None = None):
 
 
 def cmd_generate(args) -> int:
+    if args.stream:
+        from .streaming import cli_stream
+        return cli_stream(args)
     prompts = args.prompt or ["Today "]
     temps = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [args.temperature]
     n = max(args.num_samples, 1)

@@ -5,7 +5,8 @@
 
 Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
 lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
-``score(texts)`` (the SavedModel's signatures), ``status()``. Outputs are numpy arrays
+``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
+chunks: ``start`` then ``continue``), ``status()``. Outputs are numpy arrays
 like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
 
 Failures raise :class:`ServingError` with the server's own error text (e.g. the
@@ -39,7 +40,7 @@ from .contract import SERVING_DEFAULTS as GENERATE_DEFAULTS
 _DTYPES = {"prompt": object, "text": object, "max_length": np.int32, "temperature": np.float32,
            "top_k": np.int32, "top_p": np.float32, "seed": np.int64, "continuation": object,
            "num_chars": np.int32, "ended_with_eos": bool, "log_prob": np.float32,
-           "nats_per_char": np.float32}
+           "nats_per_char": np.float32, "state_bytes": object}
 GENERATE_OUTPUTS = ("text", "continuation", "num_chars", "ended_with_eos", "log_prob")
 SCORE_OUTPUTS = ("nats_per_char", "log_prob", "num_chars")
 
@@ -95,6 +96,18 @@ class _Client:
         if not texts:
             return {k: np.zeros([0], _DTYPES[k]) for k in SCORE_OUTPUTS}
         return self.predict({"text": texts}, "score")
+
+    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+        """Iterates over one prompt's text, chunk by chunk (str): the first chunk starts with
+        the prompt, ``"".join(...)`` is the whole text. Runs ``start`` and then ``continue``
+        (tfchargen/streaming.py); ``max_length`` may exceed one call's 2048. Every request has
+        this client's timeout and retries: a retried chunk is the same chunk, never repeated text.
+        """
+        from .streaming import chunks
+
+        for out in chunks(lambda signature, inputs: self.predict(inputs, signature), [_as_bytes(prompt)],
+                          max_length, chunk, temperature, top_k, top_p, seed):
+            yield out["text"][0].decode("utf-8")
 
     def close(self):
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 MAX_NEW_CHARS = 2048  # per-row cap on max_length; larger values are InvalidArgument
 MAX_PROMPT_CHARS = 4096  # longer prompts keep their last MAX_PROMPT_CHARS characters
+MAX_STREAM_CHARS = 2**30  # a stream (start + continue) ends at this many new characters
 
 # The controls of `generate`, in signature order, with the defaults `serving_default` bakes in
 # (`tfchargen export --default-*` changes them) and that the CLI and the C and Go clients use.
@@ -23,11 +24,22 @@ GENERATE_OUTPUTS = {"text": "string", "continuation": "string", "num_chars": "in
 SCORE_INPUTS = {"text": "string"}
 SCORE_OUTPUTS = {"nats_per_char": "float32", "log_prob": "float32", "num_chars": "int32"}
 
+# Streaming: `start` takes generate's inputs and returns its outputs plus the row's state;
+# `continue` takes a state and the controls of the next chunk. The state is one opaque string
+# per row; its name ends in `_bytes` so TF Serving's REST API sends it as {"b64": ...}.
+STATE = "state_bytes"
+START_INPUTS = GENERATE_INPUTS
+START_OUTPUTS = {**GENERATE_OUTPUTS, STATE: "string"}
+CONTINUE_INPUTS = {STATE: "string", **{k: v for k, v in GENERATE_INPUTS.items() if k != "prompt"}}
+CONTINUE_OUTPUTS = START_OUTPUTS  # `text` is the chunk's continuation (there is no prompt)
+
 # signature name -> (inputs, outputs); every tensor is a vector batched on dimension 0.
 SIGNATURES = {
     "serving_default": ({"prompt": "string"}, GENERATE_OUTPUTS),
     "generate": (GENERATE_INPUTS, GENERATE_OUTPUTS),
     "score": (SCORE_INPUTS, SCORE_OUTPUTS),
+    "start": (START_INPUTS, START_OUTPUTS),
+    "continue": (CONTINUE_INPUTS, CONTINUE_OUTPUTS),
 }
 
 # The graph's input checks (generate.validate_controls), in the order they are tested;
@@ -38,6 +50,20 @@ MSG_MAX_LENGTH_HIGH = f"max_length must be <= {MAX_NEW_CHARS}"
 MSG_TEMPERATURE = "temperature must be finite and >= 0 (0 = greedy)"
 MSG_TOP_K = "top_k must be >= 0 (0 = off)"
 MSG_TOP_P = "top_p must be in (0, 1] (1 = off)"
+
+# The checks of a `continue` call's state_bytes (state.StateCodec.decode), in order. Every
+# state a model returns passes them; anything else (another model's state, a cut or edited
+# one) is refused with the first that fails.
+STATE_MAGIC = 0x54434753  # "TCGS": a tfchargen stream state
+STATE_FORMAT_VERSION = 1
+MAX_STATE_ABS = 1e6  # a state's logits and RNN states must lie in [-MAX_STATE_ABS, MAX_STATE_ABS]
+MSG_STATE_SIZE = ("state_bytes: not a stream state of this model (wrong size: a state from another "
+                  "model, or cut short); pass state_bytes back exactly as returned")
+MSG_STATE_FORMAT = "state_bytes: not a tfchargen stream state (bad header or encoding)"
+MSG_STATE_MODEL = ("state_bytes: a stream state of another model (its fingerprint differs: another "
+                   "export or version); start the stream again")
+MSG_STATE_VALUES = ("state_bytes: damaged stream state (position, flags or values out of range, "
+                    "NaN or inf)")
 
 
 def control_error(max_length=None, temperature=None, top_k=None, top_p=None) -> str | None:

@@ -10,6 +10,8 @@ Signatures (every input and output batched on dimension 0):
     generate(prompt, max_length, temperature, top_k, top_p, seed)
         -> text, continuation, num_chars, ended_with_eos, log_prob
     score(text) -> nats_per_char, log_prob, num_chars
+    start(the inputs of generate) -> generate's outputs + state_bytes
+    continue(state_bytes, max_length, temperature, top_k, top_p, seed) -> the same
 
 Built with keras.export.ExportArchive (tf.saved_model.save of a tf.Module holding a
 Keras 3 model does not load in the session-based loader). Every export is checked in
@@ -58,7 +60,16 @@ def signature_functions(g: gen_lib.Generator, defaults: dict):
     def score(text):
         return g.score(text)
 
-    return {"serving_default": serving_default, "generate": generate, "score": score}
+    @tf.function(input_signature=input_signature("start"), autograph=False)
+    def start(prompt, max_length, temperature, top_k, top_p, seed):
+        return g.start(prompt, max_length, temperature, top_k, top_p, seed)
+
+    @tf.function(input_signature=input_signature("continue"), autograph=False)
+    def continue_(state_bytes, max_length, temperature, top_k, top_p, seed):
+        return g.continue_(state_bytes, max_length, temperature, top_k, top_p, seed)
+
+    return {"serving_default": serving_default, "generate": generate, "score": score, "start": start,
+            "continue": continue_}
 
 
 def check_defaults(defaults: dict) -> dict:
@@ -79,13 +90,15 @@ def session_loader_check(path: str) -> None:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
         feeds = {"prompt": [b"Today ", b""], "max_length": [3, 0], "temperature": [0.0, 1.0],
                  "top_k": [0, 5], "top_p": [1.0, 0.9], "seed": [1, 0], "text": [b"Today", b""]}
-        for name in contract.SIGNATURES:
+        for name in contract.SIGNATURES:  # `continue` after `start`: it takes start's states
             sig = meta.signature_def[name]
             fetch = {k: v.name for k, v in sig.outputs.items()}
             feed = {v.name: feeds[k] for k, v in sig.inputs.items()}
             out = sess.run(fetch, feed)
             if any(len(v) != 2 for v in out.values()):
                 raise RuntimeError(f"signature {name} returned malformed outputs: {out}")
+            if contract.STATE in out:
+                feeds[contract.STATE] = out[contract.STATE]
 
 
 def versions(export_base: str) -> list[int]:
@@ -114,7 +127,7 @@ def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         archive.write_out(tmp, verbose=False)
-        warmup_lib.write_warmup(tmp)  # TF Serving's assets.extra/tf_serving_warmup_requests
+        warmup_lib.write_warmup(tmp, start=fns["start"])  # TF Serving's assets.extra/tf_serving_warmup_requests
         session_loader_check(tmp)
         while True:  # the next free version; rename is atomic, so a server never sees half
             version = (versions(export_base) or [0])[-1] + 1

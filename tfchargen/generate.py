@@ -22,11 +22,14 @@ rows of the batch. Unseeded rows use ``tf.random.categorical``.
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow as tf
 
 from . import contract
-from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS
+from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
 from .model import CharRNN
+from .state import StateCodec
 from .vocab import Vocabulary, normalize
 
 NEG_INF = float("-inf")
@@ -175,8 +178,20 @@ class Generator(tf.Module):
         return last, states
 
     def _decode(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
-        batch = tf.shape(ids)[0]
         logits, states = self._prompt_pass(ids, lengths)
+        return self._steps(logits, states, max_length, temperature, top_k, top_p, seed)[:3]
+
+    def _steps(self, logits, states, max_length, temperature, top_k, top_p, seed, position=None, ended=None):
+        """The decoding loop from next-character ``logits`` and RNN ``states`` [B, units].
+
+        -> (new ids [B, steps], ended [B], log_prob [B], position [B], logits, states).
+        With ``position`` ([B] characters a stream row has generated) and ``ended`` ([B]
+        bool) the loop resumes a stream: the seeded noise takes each row's absolute step,
+        ended rows stay put, and each row's logits and states stop where its characters
+        stop, so chunks chain exactly. Without them (``generate``), every row starts at step 0.
+        """
+        batch = tf.shape(logits)[0]
+        stream = position is not None
         eos = self.vocab.eos_id
         steps = tf.minimum(tf.reduce_max(tf.concat([max_length, [0]], 0)), MAX_NEW_CHARS)  # never trust the caller
         size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
@@ -185,13 +200,13 @@ class Generator(tf.Module):
         any_top_k, any_top_p = tf.reduce_any(top_k > 0), tf.reduce_any(top_p < 1.0)
         table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
-        def body(i, done, ended, log_prob, logits, states, out):
+        def body(i, done, ended, log_prob, logits, states, out, pos):
             log_probs = tf.nn.log_softmax(logits)
             allowed = log_probs + pad_col  # padding is never a candidate
             # Filters sort [B, V]: skip them when no row of the batch asks for them.
             filtered = tf.cond(any_top_k, lambda: self.top_k(allowed, top_k), lambda: allowed)
             filtered = tf.cond(any_top_p, lambda: self.top_p(filtered, top_p), lambda: filtered)
-            nxt = self.sampler(filtered, temperature, seed, i)
+            nxt = self.sampler(filtered, temperature, seed, pos if stream else i)
             active = ~done
             nxt = tf.where(active, nxt, 0)
             picked = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]
@@ -200,18 +215,28 @@ class Generator(tf.Module):
             ended |= hit_eos
             done |= hit_eos | (i + 1 >= max_length)
             out = out.write(i, nxt)
-            logits, states = self.rnn.step(nxt, states, table)
-            return i + 1, done, ended, log_prob, logits, states, out
+            new_logits, new_states = self.rnn.step(nxt, states, table)
+            if stream:  # a row's carried state stops where its characters stop
+                pos += tf.cast(active, tf.int32)
+                done |= pos >= MAX_STREAM_CHARS
+                keep = active[:, None]
+                new_logits = tf.where(keep, new_logits, logits)
+                new_states = [tf.where(keep, n, s) for n, s in zip(new_states, states)]
+            return i + 1, done, ended, log_prob, new_logits, new_states, out, pos
 
         def cond(i, done, *_):
             return (i < steps) & ~tf.reduce_all(done)
 
-        init = (tf.constant(0), max_length <= 0, tf.zeros([batch], tf.bool), tf.zeros([batch]),
-                logits, states, out)
-        i, _, ended, log_prob, _, _, out = tf.while_loop(cond, body, init, maximum_iterations=MAX_NEW_CHARS)
+        if stream:
+            done = (max_length <= 0) | ended | (position >= MAX_STREAM_CHARS)
+        else:
+            done, ended, position = max_length <= 0, tf.zeros([batch], tf.bool), tf.zeros([batch], tf.int32)
+        init = (tf.constant(0), done, ended, tf.zeros([batch]), logits, states, out, position)
+        i, _, ended, log_prob, logits, states, out, position = tf.while_loop(
+            cond, body, init, maximum_iterations=MAX_NEW_CHARS)
         # [B, i]; rows that stopped early hold 0s. An empty TensorArray cannot be stacked.
         new_ids = tf.cond(i > 0, lambda: tf.transpose(out.stack()[:i]), lambda: tf.zeros([batch, 0], tf.int32))
-        return new_ids, ended, log_prob
+        return new_ids, ended, log_prob, position, logits, states
 
     # -- string part ------------------------------------------------------------------
     def prompt_ids(self, prompt):
@@ -236,15 +261,75 @@ class Generator(tf.Module):
                 tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
         ids, lengths = self.prompt_ids(prompt)
         new_ids, ended, log_prob = self._loop(ids, lengths, max_length, temperature, top_k, top_p, seed)
+        return self._chunk(normalize(prompt), new_ids, ended, log_prob)
+
+    def _chunk(self, prefix, new_ids, ended, log_prob):
+        """generate's outputs for new ids [B, T]; ``text`` is ``prefix`` + the continuation."""
         continuation = self.vocab.decode(new_ids)
         num_chars = tf.reduce_sum(tf.cast((new_ids > 0) & (new_ids != self.vocab.eos_id), tf.int32), axis=1)
         return {
-            "text": tf.strings.join([normalize(prompt), continuation]),
+            "text": continuation if prefix is None else tf.strings.join([prefix, continuation]),
             "continuation": continuation,
             "num_chars": num_chars,
             "ended_with_eos": ended,
             "log_prob": log_prob,
         }
+
+    # -- streaming: start + continue, the state in one string per row (state.py) -----
+    @functools.cached_property
+    def codec(self) -> StateCodec:
+        """This model's state codec; its fingerprint is taken from the weights at first use."""
+        return StateCodec.for_model(self.rnn, self.vocab)
+
+    @functools.cached_property
+    def _stream_loops(self):
+        opts = dict(jit_compile=self.jit_compile, autograph=False, reduce_retracing=True)
+        return tf.function(self._start_steps, **opts), tf.function(self._steps, **opts)
+
+    def _start_steps(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
+        logits, states = self._prompt_pass(ids, lengths)
+        batch = tf.shape(ids)[0]
+        return self._steps(logits, states, max_length, temperature, top_k, top_p, seed,
+                           position=tf.zeros([batch], tf.int32), ended=tf.zeros([batch], tf.bool))
+
+    def start(self, prompt, max_length, temperature, top_k, top_p, seed):
+        """generate's first chunk, plus each row's ``state_bytes`` to continue it.
+
+        Example:
+        >>> out = g.start(tf.constant(["Today "]), tf.constant([8]), tf.constant([0.8]),
+        ...               tf.constant([0]), tf.constant([1.0]), tf.constant([7], tf.int64))  # doctest: +SKIP
+        >>> nxt = g.continue_(out["state_bytes"], tf.constant([8]), ...)                   # doctest: +SKIP
+        """
+        checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
+        with tf.control_dependencies(checks):  # as in generate: nothing runs before the checks
+            prompt, max_length, temperature, top_k, top_p, seed = (
+                tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
+        ids, lengths = self.prompt_ids(prompt)
+        new_ids, ended, log_prob, position, logits, states = self._stream_loops[0](
+            ids, lengths, max_length, temperature, top_k, top_p, seed)
+        out = self._chunk(normalize(prompt), new_ids, ended, log_prob)
+        out[contract.STATE] = self.codec.encode(position, ended, logits, states)
+        return out
+
+    def continue_(self, state_bytes, max_length, temperature, top_k, top_p, seed):
+        """The next chunk of each row's stream: the outputs of ``start`` (``text`` is the
+        chunk's continuation); a row that ended with <eos> gives empty chunks from then on.
+
+        Chained chunks equal one ``generate`` call of their total length for seeded and
+        greedy rows, whatever the chunk sizes and the batch the row is continued in.
+        """
+        checks = validate_controls(state_bytes, max_length, temperature, top_k, top_p, seed)
+        with tf.control_dependencies(checks):
+            state_bytes, max_length, temperature, top_k, top_p, seed = (
+                tf.identity(x) for x in (state_bytes, max_length, temperature, top_k, top_p, seed))
+        state_checks, (position, ended, logits, states) = self.codec.decode(state_bytes)
+        with tf.control_dependencies(state_checks):
+            max_length = tf.identity(max_length)
+        new_ids, ended, log_prob, position, logits, states = self._stream_loops[1](
+            logits, states, max_length, temperature, top_k, top_p, seed, position, ended)
+        out = self._chunk(None, new_ids, ended, log_prob)
+        out[contract.STATE] = self.codec.encode(position, ended, logits, states)
+        return out
 
     def score(self, text):
         """Per text: nats/char, total log-prob and the number of scored characters.

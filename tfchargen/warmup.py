@@ -6,9 +6,12 @@ lazy initialization (graph optimization, the lookup tables, XLA compilation of -
 The file is a TFRecord of ``tensorflow_serving.apis.PredictionLog`` with ``predict_log.request``
 set (a ``PredictRequest``); at most 1000 records; it should be representative of real traffic.
 
-We write one request per signature (serving_default, generate, score) and per batch size
-(1 and 8 by default: a lone request and a small batched one, the sizes a batching server
-forms most). :func:`read_warmup` reads the file back (tests replay it through the SavedModel).
+We write one request per signature (serving_default, generate, score, start, continue) and
+per batch size (1 and 8 by default: a lone request and a small batched one, the sizes a
+batching server forms most). TF Serving replays a record as it is, so `continue`'s states
+must be valid for this very model: the export passes its `start` function, which makes them
+(without it, `continue` gets no record). :func:`read_warmup` reads the file back (tests
+replay it through the SavedModel).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 
 import numpy as np
 import tensorflow as tf
+
+from . import contract
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -37,9 +42,16 @@ _GENERATE = {
 }
 
 
-def warmup_inputs(signature: str, batch_size: int) -> dict[str, np.ndarray]:
-    """Representative inputs (numpy, batched on dimension 0) for one signature."""
-    if signature == "generate":
+def warmup_inputs(signature: str, batch_size: int, start=None) -> dict[str, np.ndarray]:
+    """Representative inputs (numpy, batched on dimension 0) for one signature; ``continue``
+    needs ``start``, the model's start function (its states continue the same rows)."""
+    if signature == "continue":
+        if start is None:
+            raise ValueError("warmup inputs of continue need the model's start function")
+        first = warmup_inputs("generate", batch_size)
+        state = start(**{k: tf.constant(v) for k, v in first.items()})[contract.STATE].numpy()
+        return {contract.STATE: state, **{k: v for k, v in first.items() if k != "prompt"}}
+    if signature in ("generate", "start"):
         specs = _GENERATE
     elif signature == "serving_default":
         specs = {"prompt": _GENERATE["prompt"]}
@@ -52,17 +64,20 @@ def warmup_inputs(signature: str, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def warmup_requests(model_name: str = "chargen", batch_sizes=DEFAULT_BATCH_SIZES,
-                    signatures=("serving_default", "generate", "score")):
-    """The PredictionLog records, one per (signature, batch size)."""
+                    signatures=tuple(contract.SIGNATURES), start=None):
+    """The PredictionLog records, one per (signature, batch size); ``continue`` only with
+    ``start`` (see warmup_inputs)."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
     logs = []
     for signature in signatures:
+        if signature == "continue" and start is None:
+            continue
         for batch in batch_sizes:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
             request.model_spec.signature_name = signature
-            for name, value in warmup_inputs(signature, batch).items():
+            for name, value in warmup_inputs(signature, batch, start).items():
                 request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
             logs.append(prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request)))
@@ -71,12 +86,14 @@ def warmup_requests(model_name: str = "chargen", batch_sizes=DEFAULT_BATCH_SIZES
     return logs
 
 
-def write_warmup(version_dir: str, model_name: str = "chargen", batch_sizes=DEFAULT_BATCH_SIZES) -> str:
-    """Writes the warmup file into a SavedModel directory; returns its path."""
+def write_warmup(version_dir: str, model_name: str = "chargen", batch_sizes=DEFAULT_BATCH_SIZES,
+                 start=None) -> str:
+    """Writes the warmup file into a SavedModel directory; returns its path. ``start``: the
+    model's start function, for `continue`'s records."""
     os.makedirs(os.path.join(version_dir, WARMUP_DIR), exist_ok=True)
     path = os.path.join(version_dir, WARMUP_DIR, WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(model_name, batch_sizes):
+        for log in warmup_requests(model_name, batch_sizes, start=start):
             writer.write(log.SerializeToString())
     return path
 
