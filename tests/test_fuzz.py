@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT
+from tfchargen.seeds import row_seed
 
 sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
 import fuzz_signatures as fz  # noqa: E402
@@ -222,7 +223,8 @@ def test_c_client_fuzz_sample(model):
             continue
         assert not reasons, (c, "accepted")
         n = len(prompts)
-        want = model.call("generate", prompts, {k: [v] * n for k, v in c.items()})
+        want = model.call("generate", prompts, {k: [v] * n for k, v in c.items()}
+                          | {"seed": [row_seed(c["seed"], i) for i in range(n)]})  # the client's row seeds
         fz.check_generate(model, prompts, [c["max_length"]] * n, want)
         got = out.split(b"\n")[:-1]
         assert len(got) == n and [g.decode("utf-8") for g in got]  # valid UTF-8
