@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
 from conftest import ROOT
+from tfchargen.seeds import row_seed
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +211,8 @@ def test_c_client_fuzz_sample(model, c_client):
             continue
         assert not reasons, (c, "accepted")
         n = len(prompts)
-        want = model.call("generate", prompts, {k: [v] * n for k, v in c.items()})
+        want = model.call("generate", prompts, {k: [v] * n for k, v in c.items()}
+                          | {"seed": [row_seed(c["seed"], i) for i in range(n)]})  # the client's row seeds
         fz.check_generate(model, prompts, [c["max_length"]] * n, want)
         got = out.split(b"\n")[:-1]
         assert len(got) == n and [g.decode("utf-8") for g in got]  # valid UTF-8

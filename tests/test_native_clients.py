@@ -1,15 +1,18 @@
 """The C and Go clients (export/c, export/go) against the tiny exported SavedModel: built with
-their documented commands, byte-identical to Python's `generate` signature, one-line errors,
-a signature reader that agrees with protobuf and survives corrupted bytes, no memory leak."""
+their documented commands, byte-identical to Python's `generate` signature and to the CLI,
+the contract's inputs and defaults, export bases, one-line errors, a signature reader that
+agrees with protobuf and survives corrupted bytes, no memory leak."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import C_DIR
+from conftest import C_DIR, ROOT, run_cli
+from tfchargen import contract, seeds
 
 pytestmark = pytest.mark.slow
 
@@ -20,12 +23,12 @@ PROMPTS = [
     "Café ☕".encode(),
     "{~} ¿§ ☃ 日本 ".encode(),  # characters the AG News vocabulary lacks: dropped from the input
     b"Broken \xff\xfe UTF-8 ",  # invalid UTF-8: U+FFFD, in `text` too
-    b"--seed 5 looks like a flag ",  # after MODEL_VERSION_DIR everything is a prompt
+    b"--seed 5 looks like a flag ",  # after MODEL everything is a prompt
     ("Long prompt beyond the small-string buffer " * 3).encode(),
 ]
 
-# (flags, generate inputs) pairs compared with Python
-GREEDY = ([], dict(max_length=100, temperature=0.0, top_k=0, top_p=1.0, seed=0))
+# (flags, generate inputs) pairs compared with Python; row i's seed is seeds.row_seed(seed, i)
+GREEDY = (["--temperature", "0"], dict(max_length=100, temperature=0.0, top_k=0, top_p=1.0, seed=0))
 SEEDED = (["--temperature", "0.8", "--seed", "7"], dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=7))
 FILTERED = (["--max-length", "60", "--temperature", "1.2", "--top-k", "5", "--top-p", "0.9", "--seed", "11"],
             dict(max_length=60, temperature=1.2, top_k=5, top_p=0.9, seed=11))
@@ -46,7 +49,7 @@ for name, c in configs.items():
         prompt=tf.constant(prompts, tf.string), max_length=tf.fill([n], tf.constant(c["max_length"], tf.int32)),
         temperature=tf.fill([n], tf.constant(c["temperature"], tf.float32)),
         top_k=tf.fill([n], tf.constant(c["top_k"], tf.int32)), top_p=tf.fill([n], tf.constant(c["top_p"], tf.float32)),
-        seed=tf.fill([n], tf.constant(c["seed"], tf.int64)))
+        seed=tf.constant(c["seeds"], tf.int64))
     out["texts"][name] = b"".join(t + b"\n" for t in r["text"].numpy()).hex()
 sm = saved_model_pb2.SavedModel()
 with open(path + "/saved_model.pb", "rb") as f:
@@ -76,7 +79,9 @@ def reference(version_dir, tmp_path_factory):
     """Python's answers from the same SavedModel, loaded in a fresh process; plus the
     serve MetaGraphDef's signatures as protobuf itself parses them, and its bytes."""
     meta = tmp_path_factory.mktemp("meta") / "meta_graph.pb"
-    configs = {name: dict(c, prompts=[p.hex() for p in PROMPTS]) for name, (_, c) in CONFIGS.items()}
+    configs = {name: dict(c, prompts=[p.hex() for p in PROMPTS],
+                          seeds=[seeds.row_seed(c["seed"], i) for i in range(len(PROMPTS))])
+               for name, (_, c) in CONFIGS.items()}
     r = subprocess.run([sys.executable, "-c", REFERENCE, str(version_dir), str(meta)], input=json.dumps(configs),
                        capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -110,6 +115,50 @@ def test_same_bytes_as_python(client, version_dir, reference):
         lines = r.stdout.split(b"\n")
         kept = [p.decode("utf-8", "replace").encode() for p in PROMPTS]  # `text` = prompt (as UTF-8) + continuation
         assert len(lines) == len(PROMPTS) + 1 and all(line.startswith(p) for line, p in zip(lines, kept)), name
+
+
+def test_same_bytes_as_the_cli(client, tiny_model):
+    """One --seed for several prompts: the CLI, C and Go derive the same row seeds (prompt
+    i gets row_seed(seed, i)), so they print the same texts; every prompt its own draw."""
+    prompts = ["Today ", "Today ", "On Sunday ", "", "Café ☕", "Today "]
+    flags = ["--temperature", "1", "--max-length", "50", "--top-p", "0.95", "--seed", "-12345"]
+    cli = run_cli("generate", "--model", tiny_model, *flags, *[f"--prompt={p}" for p in prompts])
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    native = run(client, *flags, str(tiny_model), *prompts)
+    assert native.returncode == 0, native.stderr
+    assert native.stdout == cli.stdout.encode()
+    same_prompt = [line for line in cli.stdout.splitlines() if line.startswith("Today ")]
+    assert len(same_prompt) == 3 and len(set(same_prompt)) == 3
+
+
+def test_contract_matches_contract_py(client):
+    """The client's input table (names, order, dtypes) and defaults are contract.py's."""
+    r = run(client, "--print-contract")
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    printed = json.loads(r.stdout)
+    assert printed["signature"] == "generate"
+    assert list(printed["inputs"].items()) == list(contract.SIGNATURES["generate"][0].items())
+    assert list(printed["defaults"]) == list(contract.SERVING_DEFAULTS)
+    for key, value in contract.SERVING_DEFAULTS.items():
+        cast = np.float32 if isinstance(value, float) else int
+        assert cast(printed["defaults"][key]) == cast(value), key
+
+
+def test_export_base_uses_the_newest_version(client, version_dir, tmp_path):
+    """MODEL may be an export base: its numerically largest numbered directory is loaded
+    (10 after 9), files and other names are not versions."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "9").symlink_to(version_dir)
+    (base / "abc").mkdir()
+    (base / "12").write_text("not a version")
+    flags = ["--temperature", "0", "--max-length", "20"]
+    from_base, from_version = run_many(client, [[*flags, base, "Today "], [*flags, version_dir, "Today "]])
+    assert from_base.returncode == 0, from_base.stderr
+    assert from_base.stdout == from_version.stdout and from_base.stdout.startswith(b"Today ")
+    (base / "10").mkdir()  # newest, but empty: the loader's error names it
+    line = _one_line_error(run(client, *flags, str(base), "Today "), client.name)
+    assert "NOT_FOUND" in line and str(base / "10") in line
 
 
 def _dump(binary, version_dir):

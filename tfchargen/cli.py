@@ -207,9 +207,10 @@ def cmd_generate(args) -> int:
     temps = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [args.temperature]
     n = max(args.num_samples, 1)
     rows = [(p, t, j) for t in temps for p in prompts for j in range(n)]
+    from .seeds import row_seed
     controls = dict(max_length=[args.max_length] * len(rows), temperature=[r[1] for r in rows],
                     top_k=[args.top_k] * len(rows), top_p=[args.top_p] * len(rows),
-                    seed=[args.seed + r[2] if args.seed else 0 for r in rows])
+                    seed=[row_seed(args.seed, i % (len(prompts) * n)) for i in range(len(rows))])  # seeds.py
     if args.server:
         from .client import ServingError, connect
 

@@ -20,11 +20,13 @@ that loader before it becomes visible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
 import keras
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # no public disable_op_determinism
 
 from . import contract
 from . import generate as gen_lib
@@ -34,6 +36,20 @@ from . import warmup as warmup_lib
 SERVING_DEFAULTS = contract.SERVING_DEFAULTS
 VERSION_DIR_PREFIX = ".tmp-"
 
+
+@contextlib.contextmanager
+def without_op_determinism():
+    """Op determinism off inside, restored after: an export traced under it (``tfchargen
+    train`` enables it, then exports) would make unseeded sampling draw from the training
+    seed in every process that loads the model (generate.unseeded_draw), and the session
+    check could not run the self-seeding kernel. Seeded rows do not depend on it."""
+    was = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    try:
+        yield
+    finally:
+        if was:
+            tf.config.experimental.enable_op_determinism()
 
 
 def input_signature(name: str) -> list[tf.TensorSpec]:
@@ -110,6 +126,11 @@ def versions(export_base: str) -> list[int]:
 def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print, **defaults) -> str:
     """Exports the run's model as the next version under ``export_base``; returns its path."""
     defaults = check_defaults(defaults)
+    with without_op_determinism():
+        return _export(run_dir, export_base, jit_compile, log, defaults)
+
+
+def _export(run_dir, export_base, jit_compile, log, defaults) -> str:
     # A model trained on GPU may carry cuDNN-only ops: export from a non-cuDNN copy.
     _, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
     g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)

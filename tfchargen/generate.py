@@ -17,7 +17,8 @@ sampled at any temperature.
 Seeds: a seeded row draws its randomness from a counter-based hash of (its seed, the step,
 the character id) and takes the Gumbel-max of the temperature-scaled log-probs: exactly a
 categorical draw, but one that depends only on the row's own seed and never on the other
-rows of the batch. Unseeded rows use ``tf.random.categorical``.
+rows of the batch. Unseeded rows use a kernel that seeds itself from the system's entropy
+(``unseeded_draw``): different in every process and every call.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # no public is/disable_op_determinism
 
 from . import contract
 from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
@@ -97,13 +99,32 @@ def seeded_gumbel(seed, step, vocab_size):
     return -tf.math.log(-tf.math.log(u))
 
 
+def unseeded_draw(scaled):
+    """[B] int32 draws from a fresh random stream: new in every process and every call.
+
+    ``tf.random.categorical`` would take its op seed from TensorFlow's global seed when one
+    is set (``keras.utils.set_random_seed``, as training does), and that seed is then
+    written into the traced graph, so every process that loads an export repeats the same
+    "random" text. Seed attributes (0, 0) tell the kernel to seed itself from the
+    operating system's entropy when it is created, in whatever runtime loads the graph.
+    Under op determinism such a kernel refuses to run, so a graph traced there (samples
+    during training) draws from the global seed instead: the determinism that was asked for.
+    """
+    if tf_config.is_op_determinism_enabled():
+        return tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0]
+    return tf.raw_ops.Multinomial(logits=scaled, num_samples=1, seed=0, seed2=0, output_dtype=tf.int32)[:, 0]
+
+
 class Categorical:
     """Samples from temperature-scaled log-probs; temperature 0 takes the argmax.
 
     Args:
         log_probs: [B, V] filtered log-probabilities (-inf = excluded).
         temperature: [B] float32 >= 0.
-        seed: [B] int64, 0 = unseeded (tf.random.categorical), else reproducible per row.
+        seed: [B] int64, 0 = unseeded (fresh per process and call: unseeded_draw), else
+            reproducible per row: a row's own seed alone decides its noise, whatever the
+            batch (rows that share a seed share their draws: callers give each row its own,
+            see seeds.row_seed).
         step: scalar int32, the position being generated.
 
     Example:
@@ -121,8 +142,7 @@ class Categorical:
         greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
         seeded = tf.cond(tf.reduce_any(seeded_rows), lambda: tf.argmax(
             scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1, output_type=tf.int32), zeros)
-        unseeded = tf.cond(tf.reduce_any(unseeded_rows),
-                           lambda: tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0], zeros)
+        unseeded = tf.cond(tf.reduce_any(unseeded_rows), lambda: unseeded_draw(scaled), zeros)
         return tf.where(seeded_rows, seeded, tf.where(unseeded_rows, unseeded, greedy))
 
 

@@ -3,8 +3,11 @@
  * one line per prompt.
  *
  *   tfchargen-c [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
- *               [--repeat N] [--timing] [--signature-dump] MODEL_VERSION_DIR PROMPT...
+ *               [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT...
  *
+ * MODEL is an export base (its newest numbered version is used) or one version's
+ * directory, as for `tfchargen generate --model`. Defaults are tfchargen/contract.py's
+ * SERVING_DEFAULTS; row i's seed is row_seed(--seed, i) (tfchargen/seeds.py).
  * Tensor names come from the SavedModel's signature_def map (signature.c), never from
  * guesses. Any error: one line "tfchargen-c: <message>" on stderr, exit status 1
  * (2 for usage errors).
@@ -12,6 +15,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -20,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "quiet.h"
@@ -31,7 +36,7 @@
 #define SIGNATURE "generate"
 #define USAGE                                                                             \
   "usage: " PROG " [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]" \
-  " [--repeat N] [--timing] [--signature-dump] MODEL_VERSION_DIR PROMPT..."
+  " [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT..."
 
 enum { EXIT_ERR = 1, EXIT_USAGE = 2 };
 
@@ -92,6 +97,55 @@ static void print_status(const TF_Status *s) {
   print_error("%s: %s", code_name(TF_GetCode(s)), TF_Message(s));
 }
 
+/* ---- the contract (tfchargen/contract.py: SIGNATURES, SERVING_DEFAULTS) --------- */
+
+/* `--print-contract` prints these as JSON; tests compare them with contract.py. */
+#define DEFAULT_MAX_LENGTH 100
+#define DEFAULT_TEMPERATURE 0.8f
+#define DEFAULT_TOP_K 0
+#define DEFAULT_TOP_P 1.0f
+#define DEFAULT_SEED 0
+
+enum { IN_PROMPT, IN_MAX_LENGTH, IN_TEMPERATURE, IN_TOP_K, IN_TOP_P, IN_SEED, N_INPUTS };
+static const char *const input_keys[N_INPUTS] = {"prompt", "max_length", "temperature",
+                                                 "top_k",  "top_p",      "seed"};
+static const TF_DataType input_types[N_INPUTS] = {TF_STRING, TF_INT32, TF_FLOAT,
+                                                  TF_INT32,  TF_FLOAT, TF_INT64};
+
+/* TensorFlow's dtype names, as contract.py writes them. */
+static const char *dtype_json_name(TF_DataType t) {
+  switch (t) {
+    case TF_STRING: return "string";
+    case TF_INT32: return "int32";
+    case TF_FLOAT: return "float32";
+    case TF_INT64: return "int64";
+    default: return "?";
+  }
+}
+
+static void print_contract(void) {
+  printf("{\"signature\": \"" SIGNATURE "\", \"inputs\": {");
+  for (int k = 0; k < N_INPUTS; k++)
+    printf("%s\"%s\": \"%s\"", k ? ", " : "", input_keys[k], dtype_json_name(input_types[k]));
+  printf("}, \"defaults\": {\"max_length\": %d, \"temperature\": %.9g, \"top_k\": %d,"
+         " \"top_p\": %.9g, \"seed\": %d}}\n",
+         DEFAULT_MAX_LENGTH, (double)DEFAULT_TEMPERATURE, DEFAULT_TOP_K, (double)DEFAULT_TOP_P,
+         DEFAULT_SEED);
+}
+
+/* The seed row `index` sends for the user's seed: tfchargen/seeds.py row_seed, whose
+ * docstring is the specification (SplitMix64 output index + 1 from state `user_seed`,
+ * masked to int64 >= 0, never 0; user seed 0 = every row unseeded). */
+static int64_t row_seed(int64_t user_seed, uint64_t index) {
+  if (user_seed == 0) return 0;
+  uint64_t z = (uint64_t)user_seed + (index + 1) * UINT64_C(0x9E3779B97F4A7C15);
+  z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+  z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+  z = z ^ (z >> 31);
+  z = z & UINT64_C(0x7FFFFFFFFFFFFFFF);
+  return z ? (int64_t)z : 1;
+}
+
 /* ---- options ------------------------------------------------------------------ */
 
 typedef struct {
@@ -133,13 +187,14 @@ static int parse_float(const char *flag, const char *s, float *v) {
   return 0;
 }
 
-/* Returns 0 to run, 1 when --help was printed, -1 on a usage error (already printed). */
+/* Returns 0 to run, 1 when --help or --print-contract was printed, -1 on a usage error
+ * (already printed). */
 static int parse_args(int argc, char **argv, options *o) {
-  o->max_length = 100;
-  o->temperature = 0.0f;
-  o->top_k = 0;
-  o->top_p = 1.0f;
-  o->seed = 0;
+  o->max_length = DEFAULT_MAX_LENGTH;
+  o->temperature = DEFAULT_TEMPERATURE;
+  o->top_k = DEFAULT_TOP_K;
+  o->top_p = DEFAULT_TOP_P;
+  o->seed = DEFAULT_SEED;
   o->repeat = 1;
   o->timing = 0;
   o->signature_dump = 0;
@@ -153,6 +208,10 @@ static int parse_args(int argc, char **argv, options *o) {
     if (strncmp(a, "--", 2) != 0) break; /* first positional: options end here */
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       printf("%s\n", USAGE);
+      return 1;
+    }
+    if (strcmp(a, "--print-contract") == 0) {
+      print_contract();
       return 1;
     }
     if (strcmp(a, "--timing") == 0) {
@@ -211,7 +270,7 @@ static int parse_args(int argc, char **argv, options *o) {
     }
   }
   if (i >= argc) {
-    print_error("missing MODEL_VERSION_DIR; %s", USAGE);
+    print_error("missing MODEL; %s", USAGE);
     return -1;
   }
   o->model_dir = argv[i++];
@@ -225,12 +284,6 @@ static int parse_args(int argc, char **argv, options *o) {
 }
 
 /* ---- the signature's inputs ----------------------------------------------------- */
-
-enum { IN_PROMPT, IN_MAX_LENGTH, IN_TEMPERATURE, IN_TOP_K, IN_TOP_P, IN_SEED, N_INPUTS };
-static const char *const input_keys[N_INPUTS] = {"prompt", "max_length", "temperature",
-                                                 "top_k",  "top_p",      "seed"};
-static const TF_DataType input_types[N_INPUTS] = {TF_STRING, TF_INT32, TF_FLOAT,
-                                                  TF_INT32,  TF_FLOAT, TF_INT64};
 
 static int resolve(TF_Graph *graph, const tfc_tensor_info *ti, TF_Output *out) {
   char op[1024];
@@ -343,7 +396,7 @@ static int make_inputs(const options *o, TF_Tensor *t[N_INPUTS]) {
         case IN_TEMPERATURE: ((float *)d)[i] = o->temperature; break;
         case IN_TOP_K: ((int32_t *)d)[i] = o->top_k; break;
         case IN_TOP_P: ((float *)d)[i] = o->top_p; break;
-        case IN_SEED: ((int64_t *)d)[i] = o->seed; break;
+        case IN_SEED: ((int64_t *)d)[i] = row_seed(o->seed, (uint64_t)i); break;
       }
     }
   }
@@ -351,6 +404,46 @@ static int make_inputs(const options *o, TF_Tensor *t[N_INPUTS]) {
 oom:
   free_inputs(t, b);
   print_error("out of memory allocating input tensors");
+  return -1;
+}
+
+/* MODEL as `tfchargen generate --model` reads it: a directory holding saved_model.pb(txt)
+ * is one version; otherwise its numerically largest all-digit subdirectory (TF Serving's
+ * layout) is. Writes the directory to load into `out`; with neither, MODEL itself, so
+ * the loader's NOT_FOUND names it. Returns -1 (printed) if the path does not fit. */
+static int resolve_model_dir(const char *model, char *out, size_t n) {
+  char path[PATH_MAX];
+  struct stat st;
+  const char *files[] = {"saved_model.pb", "saved_model.pbtxt"};
+  for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+    snprintf(path, sizeof path, "%s/%s", model, files[f]);
+    if (stat(path, &st) == 0) goto as_is;
+  }
+  DIR *d = opendir(model);
+  if (!d) goto as_is;
+  char best[256] = "";
+  unsigned long long best_v = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    const char *name = e->d_name;
+    size_t len = strlen(name);
+    if (len == 0 || len > 18 || strspn(name, "0123456789") != len) continue; /* no overflow */
+    unsigned long long v = strtoull(name, NULL, 10);
+    snprintf(path, sizeof path, "%s/%s", model, name);
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    if (!best[0] || v > best_v) {
+      best_v = v;
+      snprintf(best, sizeof best, "%s", name);
+    }
+  }
+  closedir(d);
+  if (!best[0]) goto as_is;
+  if ((size_t)snprintf(out, n, "%s/%s", model, best) >= n) goto too_long;
+  return 0;
+as_is:
+  if ((size_t)snprintf(out, n, "%s", model) >= n) goto too_long;
+  return 0;
+too_long:
+  print_error("model path too long: %s", model);
   return -1;
 }
 
@@ -413,9 +506,11 @@ int main(int argc, char **argv) {
     print_error("out of memory");
     goto done;
   }
+  char model_dir[PATH_MAX];
+  if (resolve_model_dir(o.model_dir, model_dir, sizeof model_dir) != 0) goto done;
   const char *tags[] = {"serve"};
   double t0 = now_ms();
-  session = TF_LoadSessionFromSavedModel(sess_opts, NULL, o.model_dir, tags, 1, graph, meta,
+  session = TF_LoadSessionFromSavedModel(sess_opts, NULL, model_dir, tags, 1, graph, meta,
                                          status);
   double load_ms = now_ms() - t0;
   if (TF_GetCode(status) != TF_OK) {
@@ -424,7 +519,7 @@ int main(int argc, char **argv) {
     goto done;
   }
   if (tfc_signatures_parse(meta->data, meta->length, &sigs, err, sizeof err) != 0) {
-    print_error("%s: %s", o.model_dir, err);
+    print_error("%s: %s", model_dir, err);
     goto done;
   }
   if (o.signature_dump) {

@@ -3,7 +3,11 @@
 // line per prompt. Same command line, output and errors as the C client (../c):
 //
 //	tfchargen-go [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
-//	             [--repeat N] [--timing] [--signature-dump] MODEL_VERSION_DIR PROMPT...
+//	             [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT...
+//
+// MODEL is an export base (its newest numbered version is used) or one version's
+// directory; defaults are tfchargen/contract.py's SERVING_DEFAULTS; row i's seed is
+// rowSeed(--seed, i) (tfchargen/seeds.py).
 //
 // Build: make -C export/go (sets the cgo flags from the TensorFlow wheel).
 package main
@@ -14,6 +18,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"sort"
@@ -24,7 +29,83 @@ import (
 
 const prog = "tfchargen-go"
 const usage = "usage: " + prog + " [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]" +
-	" [--repeat N] [--timing] [--signature-dump] MODEL_VERSION_DIR PROMPT..."
+	" [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT..."
+
+// The contract's serving defaults (tfchargen/contract.py SERVING_DEFAULTS); --print-contract
+// prints them with the signature's inputs, and the tests compare them with contract.py.
+const (
+	defaultMaxLength   int32   = 100
+	defaultTemperature float32 = 0.8
+	defaultTopK        int32   = 0
+	defaultTopP        float32 = 1.0
+	defaultSeed        int64   = 0
+)
+
+func printContract() {
+	fmt.Printf(`{"signature": "%s", "inputs": {`, sigName)
+	for k, key := range inputKeys {
+		sep := ", "
+		if k == 0 {
+			sep = ""
+		}
+		fmt.Printf(`%s"%s": "%s"`, sep, key, inputTypeName(k))
+	}
+	fmt.Printf(`}, "defaults": {"max_length": %d, "temperature": %s, "top_k": %d, "top_p": %s, "seed": %d}}`+"\n",
+		defaultMaxLength, strconv.FormatFloat(float64(defaultTemperature), 'g', 9, 32), defaultTopK,
+		strconv.FormatFloat(float64(defaultTopP), 'g', 9, 32), defaultSeed)
+}
+
+// rowSeed is the seed row index sends for the user's seed: tfchargen/seeds.py row_seed,
+// whose docstring is the specification (SplitMix64 output index+1 from state userSeed,
+// masked to int64 >= 0, never 0; user seed 0 = every row unseeded).
+func rowSeed(userSeed int64, index uint64) int64 {
+	if userSeed == 0 {
+		return 0
+	}
+	z := uint64(userSeed) + (index+1)*0x9E3779B97F4A7C15
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+	z = z ^ (z >> 31)
+	z = z & 0x7FFFFFFFFFFFFFFF
+	if z == 0 {
+		return 1
+	}
+	return int64(z)
+}
+
+// resolveModelDir reads MODEL as `tfchargen generate --model` does: a directory holding
+// saved_model.pb(txt) is one version; otherwise its numerically largest all-digit
+// subdirectory (TF Serving's layout) is. With neither, MODEL itself, so the loader's
+// NOT_FOUND names it.
+func resolveModelDir(model string) string {
+	for _, f := range []string{"saved_model.pb", "saved_model.pbtxt"} {
+		if _, err := os.Stat(filepath.Join(model, f)); err == nil {
+			return model
+		}
+	}
+	entries, err := os.ReadDir(model)
+	if err != nil {
+		return model
+	}
+	best, bestV := "", uint64(0)
+	for _, e := range entries {
+		name := e.Name()
+		if len(name) == 0 || len(name) > 18 || strings.Trim(name, "0123456789") != "" {
+			continue // not a version (and no overflow)
+		}
+		v, _ := strconv.ParseUint(name, 10, 64)
+		if st, err := os.Stat(filepath.Join(model, name)); err != nil || !st.IsDir() {
+			continue
+		}
+		if best == "" || v > bestV {
+			best, bestV = name, v
+		}
+	}
+	if best == "" {
+		return model
+	}
+	return model + "/" + best
+}
 
 const (
 	exitErr   = 1
@@ -54,6 +135,7 @@ type options struct {
 }
 
 var errHelp = errors.New("help")
+var errPrintContract = errors.New("print contract")
 
 func parseInt(flag, s string, lo, hi int64) (int64, error) {
 	v, err := strconv.ParseInt(s, 10, 64)
@@ -72,7 +154,8 @@ func parseFloat(flag, s string) (float32, error) {
 }
 
 func parseArgs(args []string) (*options, error) {
-	o := &options{maxLength: 100, temperature: 0, topK: 0, topP: 1, seed: 0, repeat: 1}
+	o := &options{maxLength: defaultMaxLength, temperature: defaultTemperature, topK: defaultTopK,
+		topP: defaultTopP, seed: defaultSeed, repeat: 1}
 	i := 0
 	for ; i < len(args); i++ {
 		a := args[i]
@@ -86,6 +169,8 @@ func parseArgs(args []string) (*options, error) {
 		switch a {
 		case "--help", "-h":
 			return nil, errHelp
+		case "--print-contract":
+			return nil, errPrintContract
 		case "--timing":
 			o.timing = true
 			continue
@@ -129,7 +214,7 @@ func parseArgs(args []string) (*options, error) {
 		}
 	}
 	if i >= len(args) {
-		return nil, fmt.Errorf("missing MODEL_VERSION_DIR; %s", usage)
+		return nil, fmt.Errorf("missing MODEL; %s", usage)
 	}
 	o.modelDir = args[i]
 	o.prompts = args[i+1:]
@@ -179,12 +264,16 @@ func run() int {
 		fmt.Println(usage)
 		return 0
 	}
+	if err == errPrintContract {
+		printContract()
+		return 0
+	}
 	if err != nil {
 		printError("%v", err)
 		return exitUsage
 	}
 	start := time.Now()
-	m, err := loadModel(o.modelDir)
+	m, err := loadModel(resolveModelDir(o.modelDir))
 	load := time.Since(start)
 	if err != nil {
 		printError("%v", err)

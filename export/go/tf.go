@@ -179,6 +179,21 @@ func (m *model) output(sig string, ti *tensorInfo) (C.TF_Output, error) {
 var inputKeys = []string{"prompt", "max_length", "temperature", "top_k", "top_p", "seed"}
 var inputTypes = []C.TF_DataType{C.TF_STRING, C.TF_INT32, C.TF_FLOAT, C.TF_INT32, C.TF_FLOAT, C.TF_INT64}
 
+// inputTypeName is input k's dtype as TensorFlow (and tfchargen/contract.py) names it.
+func inputTypeName(k int) string {
+	switch inputTypes[k] {
+	case C.TF_STRING:
+		return "string"
+	case C.TF_INT32:
+		return "int32"
+	case C.TF_FLOAT:
+		return "float32"
+	case C.TF_INT64:
+		return "int64"
+	}
+	return "?"
+}
+
 const sigName = "generate"
 
 // generator holds the resolved feeds and fetch of the generate signature.
@@ -295,7 +310,7 @@ func (r *request) makeInputs() []*C.TF_Tensor {
 			case 4:
 				unsafe.Slice((*float32)(data), b)[i] = r.topP
 			case 5:
-				unsafe.Slice((*int64)(data), b)[i] = r.seed
+				unsafe.Slice((*int64)(data), b)[i] = rowSeed(r.seed, uint64(i))
 			}
 		}
 	}
