@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperatures", help="comma-separated: print a prompt x temperature table")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    gen.add_argument("--seed", type=int, default=0, help="0 = unseeded; sample j of a prompt uses seed+j")
+    gen.add_argument("--seed", type=int, default=0, help="0 = unseeded (default); prompt x sample i sends seeds.row_seed(seed, i)")
     gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     gen.add_argument("--json", action="store_true", help="one JSON object per sample")
     gen.add_argument("--stream", action="store_true", help="print one prompt's text chunk by chunk as it "

@@ -96,8 +96,11 @@ def cli_stream(args) -> int:
     if error:
         print(f"tfchargen generate: error: {error}", file=sys.stderr)
         return 2
+    from .seeds import row_seed
+
+    # The one row is row 0 of `generate`'s rule, so --stream prints what generate prints.
     run = lambda predict: chunks(predict, [prompts[0].encode("utf-8")], args.max_length, args.chunk,  # noqa: E731
-                                 args.temperature, args.top_k, args.top_p, args.seed)
+                                 args.temperature, args.top_k, args.top_p, row_seed(args.seed, 0))
     if args.server:
         from .cli import failed_check
         from .client import ServingError, connect
