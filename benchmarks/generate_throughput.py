@@ -65,7 +65,7 @@ from tfchargen import export as export_lib  # noqa: E402
 from tfchargen import generate as gen_lib  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
 from tfchargen import sources  # noqa: E402
-from tfchargen import train as train_lib  # noqa: E402
+from tfchargen import rundir  # noqa: E402
 from tfchargen.vocab import FILENAME as VOCAB_FILE  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
@@ -94,7 +94,7 @@ def build_untrained_run(run_dir: str, data: str, seed: int) -> None:
     its callbacks (TensorBoard, checkpoints), which the benchmark has no use for.
     """
     cfg = {**config.DEFAULTS, "train_data": f"csv:{data}[:6000]", "field": "title"}
-    train_lib.prepare_run_dir(cfg, run_dir)
+    rundir.prepare_run_dir(cfg, run_dir)
     titles = sources.load(cfg["train_data"], field="title")
     vocab = Vocabulary.build(titles.as_numpy_iterator(), run_dir)
     keras.utils.set_random_seed(seed)
@@ -115,10 +115,10 @@ def prepare_run(args, tmp: str) -> str:
         os.makedirs(run_dir)
         for name in ("config.json", VOCAB_FILE):
             shutil.copy(os.path.join(args.run_dir, name), run_dir)
-        _, _, rnn = train_lib.load_trained(args.run_dir, use_cudnn=False)
+        _, _, rnn = rundir.load_trained(args.run_dir, use_cudnn=False)
     else:
         build_untrained_run(run_dir, args.data, args.seed)
-        _, _, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+        _, _, rnn = rundir.load_trained(run_dir, use_cudnn=False)
     vocab = Vocabulary(os.path.join(run_dir, VOCAB_FILE))
     bias = rnn.head.bias.numpy()
     bias[vocab.eos_id] = EOS_BIAS
@@ -361,7 +361,7 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="gen_tp_")
     try:
         run_dir = prepare_run(args, tmp)
-        cfg, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+        cfg, vocab, rnn = rundir.load_trained(run_dir, use_cudnn=False)
         fpc, k, n = flops_per_char(cfg, vocab.size)
         model_desc = (f"{cfg['layers']}x {cfg['cell'].upper()}({cfg['units']}), "
                       f"{'embedding ' + str(cfg['embedding_dim']) if cfg['embedding_dim'] else 'one-hot'}, "
@@ -489,10 +489,7 @@ def main(argv=None):
         "matmul_ceiling": ceiling,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"  # write then rename: a reader never sees half a file
-    with open(tmp_out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp_out, args.out)
+    rundir.atomic_write_json(args.out, report)  # a reader never sees half a file
     print(f"\nwrote {args.out}")
     if plot(report, plot_path):
         print(f"wrote {plot_path}")

@@ -43,6 +43,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+from tfchargen import rundir  # noqa: E402  (plain Python: the atomic write)
+
 C_BIN = os.path.join(REPO, "export", "c", "tfchargen-c")
 GO_BIN = os.path.join(REPO, "export", "go", "tfchargen-go")
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
@@ -261,11 +264,7 @@ def main(argv=None):
            "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
            "seconds": round(time.time() - started, 1), "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
-    os.replace(tmp_out, args.out)
+    rundir.atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")  # a reader never sees half a file
     for r in results:
         lat = r["latency_ms"]
         print(f"{r['model']}: " + ", ".join(f"{c} {v['median_ms']:.3f} ms" for c, v in lat.items())

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tfchargen import sources  # noqa: E402
-from tfchargen import train as train_lib  # noqa: E402
+from tfchargen import rundir  # noqa: E402
 from tfchargen.vocab import normalize_py  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,7 +62,7 @@ def main(argv=None):
     p.add_argument("--out", help="JSON results")
     args = p.parse_args(argv)
 
-    cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
+    cfg, vocab, rnn = rundir.load_trained(args.run_dir)
     known = set(vocab.chars)
     train_spec, held_spec = f"csv:{args.data}[:{args.train_rows}]", f"csv:{args.data}[{args.train_rows}:]"
     title_words = {w.lower() for t in texts(train_spec, "title") for w in WORD.findall(t)}

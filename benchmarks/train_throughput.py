@@ -54,8 +54,10 @@ sys.path.insert(0, HERE)  # teaching_baseline sits next to this file, whatever t
 import teaching_baseline  # noqa: E402
 from tfchargen import evaluate, pipeline, sources  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
+from tfchargen import rundir  # noqa: E402
 from tfchargen import train as train_lib  # noqa: E402
-from tfchargen.train import CharCount  # noqa: E402
+from tfchargen.losses import CharCount, TokenMeanCrossentropy  # noqa: E402
+from tfchargen.optimizers import Adam  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
@@ -198,8 +200,8 @@ def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, w
     fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
     rnn.model.compile(  # as tfchargen/train.py compiles it (its loss: ~4% faster than Keras' ignore_class one at batch 256)
-        optimizer=train_lib.Adam(lr, clipnorm=1.0),
-        loss=train_lib.TokenMeanCrossentropy(),
+        optimizer=Adam(lr, clipnorm=1.0),
+        loss=TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
         steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/train.py sets it
             {"steps_per_execution": args.steps_per_execution}, 10**9, "default"),
@@ -493,10 +495,7 @@ def main(argv=None):
         "variants": results,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"  # write then rename: a reader never sees half a file
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, args.out)
+    rundir.atomic_write_json(args.out, report)  # a reader never sees half a file
     print(f"\nwrote {args.out}")
     return report
 

@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["tfchargen.contract", "tfchargen.sampling", "tfchargen.rundir", "tfchargen.seeds"]
+MODULES = ["tfchargen.contract", "tfchargen.sampling", "tfchargen.rundir", "tfchargen.losses",
+           "tfchargen.callbacks", "tfchargen.vocab", "tfchargen.seeds"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import HELDOUT, ROOT, run_cli
 from tfchargen import export as export_lib
 from tfchargen import generate as gen_lib
-from tfchargen import train as train_lib
+from tfchargen import rundir
 
 PROMPTS = ["Today ", "On Sunday ", "", "Stocks", "日本 ☃ unknown", "x" * 5000]
 
@@ -30,7 +30,7 @@ def exported(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(tiny_run):
-    _, vocab, rnn = train_lib.load_trained(tiny_run)
+    _, vocab, rnn = rundir.load_trained(tiny_run)
     return gen_lib.Generator(rnn, vocab)
 
 
@@ -216,7 +216,7 @@ def test_versions_are_atomic_and_increment(exported, tiny_run):
 
 
 def test_xla_loop_matches_the_plain_loop(gen, tiny_run):
-    _, vocab, rnn = train_lib.load_trained(tiny_run)
+    _, vocab, rnn = rundir.load_trained(tiny_run)
     xla = gen_lib.Generator(rnn, vocab, jit_compile=True)
     prompts = ["Today ", "", "On Sunday "]
     for kwargs in (dict(), dict(temperature=0.9, seed=[3, 4, 5], top_k=[0, 10, 0], top_p=[1.0, 1.0, 0.9])):

@@ -134,7 +134,7 @@ def test_run_dir_with_other_architecture_is_refused(tiny_run):
 def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
     """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
     learning rate leaves them exactly as they were); another model shape is refused."""
-    from tfchargen import train as train_lib
+    from tfchargen import rundir
 
     fine = tmp_path / "fine"
     r = run_cli("train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
@@ -142,8 +142,8 @@ def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_pat
                 "--sample-every", 0, "--no-export")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (fine / "vocab.txt").read_bytes() == (tiny_run / "vocab.txt").read_bytes()
-    _, _, before = train_lib.load_trained(str(tiny_run))
-    _, _, after = train_lib.load_trained(str(fine))
+    _, _, before = rundir.load_trained(str(tiny_run))
+    _, _, after = rundir.load_trained(str(fine))
     for a, b in zip(before.model.weights, after.model.weights):
         assert a.path == b.path and bool(tf.reduce_all(a == b)), a.path
     r = run_cli("train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run,

@@ -24,14 +24,12 @@ import shutil
 import keras
 import tensorflow as tf
 
-from . import contract
+from . import contract, rundir
 from . import generate as gen_lib
-from . import train as train_lib
 from . import warmup as warmup_lib
 
 SERVING_DEFAULTS = contract.SERVING_DEFAULTS
-VERSION_DIR_PREFIX = ".tmp-"
-
+VERSION_DIR_PREFIX = rundir.TMP_PREFIX
 
 
 def input_signature(name: str) -> list[tf.TensorSpec]:
@@ -98,7 +96,7 @@ def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print,
     """Exports the run's model as the next version under ``export_base``; returns its path."""
     defaults = check_defaults(defaults)
     # A model trained on GPU may carry cuDNN-only ops: export from a non-cuDNN copy.
-    _, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+    _, vocab, rnn = rundir.load_trained(run_dir, use_cudnn=False)
     g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
     fns = signature_functions(g, defaults)
 
