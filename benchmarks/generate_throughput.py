@@ -40,7 +40,6 @@ runs on it, so the load average is recorded with them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -66,7 +65,6 @@ from tfchargen import generate as gen_lib  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
 from tfchargen import sources  # noqa: E402
 from tfchargen import rundir  # noqa: E402
-from tfchargen.vocab import FILENAME as VOCAB_FILE  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv"))
@@ -99,7 +97,7 @@ def build_untrained_run(run_dir: str, data: str, seed: int) -> None:
     vocab = Vocabulary.build(titles.as_numpy_iterator(), run_dir)
     keras.utils.set_random_seed(seed)
     rnn = model_lib.from_config(cfg, vocab.size)
-    rnn.model.save_weights(os.path.join(run_dir, "model.weights.h5"))
+    rnn.model.save_weights(rundir.path(run_dir, rundir.FINAL_WEIGHTS))
 
 
 def prepare_run(args, tmp: str) -> str:
@@ -113,17 +111,17 @@ def prepare_run(args, tmp: str) -> str:
     run_dir = os.path.join(tmp, "run")
     if args.run_dir:
         os.makedirs(run_dir)
-        for name in ("config.json", VOCAB_FILE):
-            shutil.copy(os.path.join(args.run_dir, name), run_dir)
+        for name in (rundir.CONFIG, rundir.VOCAB):
+            shutil.copy(rundir.path(args.run_dir, name), run_dir)
         _, _, rnn = rundir.load_trained(args.run_dir, use_cudnn=False)
     else:
         build_untrained_run(run_dir, args.data, args.seed)
         _, _, rnn = rundir.load_trained(run_dir, use_cudnn=False)
-    vocab = Vocabulary(os.path.join(run_dir, VOCAB_FILE))
+    vocab = rundir.load_vocab(run_dir)
     bias = rnn.head.bias.numpy()
     bias[vocab.eos_id] = EOS_BIAS
     rnn.head.bias.assign(bias)
-    rnn.model.save_weights(os.path.join(run_dir, "model.weights.h5"))
+    rnn.model.save_weights(rundir.path(run_dir, rundir.FINAL_WEIGHTS))
     return run_dir
 
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,6 +14,7 @@ from conftest import HELDOUT, ROOT, run_cli
 from tfchargen import export as export_lib
 from tfchargen import generate as gen_lib
 from tfchargen import rundir
+from tfchargen.losses import TokenMeanCrossentropy
 
 PROMPTS = ["Today ", "On Sunday ", "", "Stocks", "日本 ☃ unknown", "x" * 5000]
 
@@ -179,7 +179,7 @@ def test_score_equals_the_training_loss(gen):
     text = "Oil prices rise as Gulf supply worries grow"
     ids = gen.vocab.encode(tf.constant([text])).to_tensor()
     targets = tf.concat([ids[:, 1:], [[gen.vocab.eos_id]]], axis=1)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    loss = TokenMeanCrossentropy()  # the loss training uses
     want = float(loss(targets, gen.rnn.model(ids)))
     got = gen.score(tf.constant([text, ""]))
     assert float(got["nats_per_char"][0]) == pytest.approx(want, rel=1e-5)
