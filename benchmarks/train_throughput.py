@@ -199,7 +199,7 @@ def run_teaching(train_list, heldout_list, args):
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
     fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
-    rnn.model.compile(  # as tfchargen/train.py compiles it (its loss: ~4% faster than Keras' ignore_class one at batch 256)
+    rnn.model.compile(  # as tfchargen/train.py compiles it (losses.py, optimizers.py)
         optimizer=Adam(lr, clipnorm=1.0),
         loss=TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
@@ -284,10 +284,9 @@ def main(argv=None):
     p.add_argument("--budget-seconds", type=float, default=120.0, help="wall-clock training time per variant")
     p.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of the rates (tracing)")
     p.add_argument("--train-rows", type=int, default=6000, help="rows 1..N train, the rest is held out")
-    # windows mode: no padding at all; at batch 256 x 128-char windows the LSTM is compute-bound
-    # (30 s probes on a quiet machine: 84k chars/s, vs 61k for examples mode at batch 256).
-    # 512 x 64 has the same characters per step in half the sequential timesteps: 1.05x the
-    # chars/s of 256 x 128 (alternating trials) and a lower held-out after the same 40 s.
+    # windows mode: no padding at all, so the LSTM is compute-bound; 512 x 64 has the same
+    # characters per step as 256 x 128 in half the sequential timesteps (measured in
+    # benchmarks/results).
     p.add_argument("--tuned-batch", type=int, default=512)
     p.add_argument("--tuned-window", type=int, default=64)
     p.add_argument("--tuned-mode", choices=pipeline.MODES, default="windows")
@@ -333,7 +332,7 @@ def main(argv=None):
         """One variant trained for the budget: a dict of its measurements."""
         if not args.in_process and not args.variant_json:
             # A fresh process per variant: threads and caches left behind by one variant's
-            # pipeline (py_function iterators, prefetch buffers) slowed the next by 10-40%.
+            # pipeline (iterators, prefetch buffers) would slow the next.
             with tempfile.TemporaryDirectory() as d:
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),

@@ -95,9 +95,9 @@ def _init_from(cfg) -> str:
 
 
 def steps_per_execution(cfg, steps_per_epoch, strategy_name):
-    """Keras' steps_per_execution: N train steps per call, so Python's per-step cost
-    (a large share of a small batch's step) is paid once per N. Keras rounds an epoch up to a multiple of
-    N, so N divides the epoch's steps (exact step counts and schedules); 1 under
+    """Keras' steps_per_execution: N train steps per call, so Python's per-step cost (a
+    large share of a small batch's step) is paid once per N. Keras rounds an epoch up to a
+    multiple of N, so N divides the epoch's steps (exact step counts and schedules); 1 under
     tf.distribute strategies, whose multi-worker path patches Keras' train step."""
     n = int(cfg["steps_per_execution"])
     if n < 1:
