@@ -167,10 +167,8 @@ def write_result(path: str, payload: dict, machine: dict | None = None, argv: li
         "machine": machine if machine is not None else machine_info(),
         **payload,
     }
+    from tfchargen import rundir  # plain Python: the project's one atomic write
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    rundir.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record

@@ -58,8 +58,7 @@ from tfchargen import export as export_lib  # noqa: E402
 from tfchargen import generate as gen_lib  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
 from tfchargen import sources  # noqa: E402
-from tfchargen import train as train_lib  # noqa: E402
-from tfchargen.vocab import FILENAME as VOCAB_FILE  # noqa: E402
+from tfchargen import rundir  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
 PROMPT = "Today "
@@ -85,12 +84,12 @@ def build_untrained_run(run_dir: str, data: str, seed: int) -> None:
     its callbacks (TensorBoard, checkpoints), which the benchmark has no use for.
     """
     cfg = {**config.DEFAULTS, "train_data": f"csv:{data}[:{common.TRAIN_ROWS}]", "field": "title"}
-    train_lib.prepare_run_dir(cfg, run_dir)
+    rundir.prepare_run_dir(cfg, run_dir)
     titles = sources.load(cfg["train_data"], field="title")
     vocab = Vocabulary.build(titles.as_numpy_iterator(), run_dir)
     keras.utils.set_random_seed(seed)
     rnn = model_lib.from_config(cfg, vocab.size)
-    rnn.model.save_weights(os.path.join(run_dir, "model.weights.h5"))
+    rnn.model.save_weights(rundir.path(run_dir, rundir.FINAL_WEIGHTS))
 
 
 def prepare_run(args, tmp: str) -> str:
@@ -104,17 +103,17 @@ def prepare_run(args, tmp: str) -> str:
     run_dir = os.path.join(tmp, "run")
     if args.run_dir:
         os.makedirs(run_dir)
-        for name in ("config.json", VOCAB_FILE):
-            shutil.copy(os.path.join(args.run_dir, name), run_dir)
-        _, _, rnn = train_lib.load_trained(args.run_dir, use_cudnn=False)
+        for name in (rundir.CONFIG, rundir.VOCAB):
+            shutil.copy(rundir.path(args.run_dir, name), run_dir)
+        _, _, rnn = rundir.load_trained(args.run_dir, use_cudnn=False)
     else:
         build_untrained_run(run_dir, args.data, args.seed)
-        _, _, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
-    vocab = Vocabulary(os.path.join(run_dir, VOCAB_FILE))
+        _, _, rnn = rundir.load_trained(run_dir, use_cudnn=False)
+    vocab = rundir.load_vocab(run_dir)
     bias = rnn.head.bias.numpy()
     bias[vocab.eos_id] = EOS_BIAS
     rnn.head.bias.assign(bias)
-    rnn.model.save_weights(os.path.join(run_dir, "model.weights.h5"))
+    rnn.model.save_weights(rundir.path(run_dir, rundir.FINAL_WEIGHTS))
     return run_dir
 
 
@@ -352,7 +351,7 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="gen_tp_")
     try:
         run_dir = prepare_run(args, tmp)
-        cfg, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+        cfg, vocab, rnn = rundir.load_trained(run_dir, use_cudnn=False)
         fpc, k, n = flops_per_char(cfg, vocab.size)
         model_desc = (f"{cfg['layers']}x {cfg['cell'].upper()}({cfg['units']}), "
                       f"{'embedding ' + str(cfg['embedding_dim']) if cfg['embedding_dim'] else 'one-hot'}, "

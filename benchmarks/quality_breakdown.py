@@ -24,7 +24,7 @@ import tensorflow as tf
 
 import common  # next to this script
 from tfchargen import sources
-from tfchargen import train as train_lib
+from tfchargen import rundir
 from tfchargen.vocab import normalize_py
 
 WORD = re.compile(r"\w+")
@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
 
-    cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
+    cfg, vocab, rnn = rundir.load_trained(args.run_dir)
     known = set(vocab.chars)
     train_spec, held_spec = f"csv:{args.data}[:{args.train_rows}]", f"csv:{args.data}[{args.train_rows}:]"
     title_words = {w.lower() for t in texts(train_spec, "title") for w in WORD.findall(t)}

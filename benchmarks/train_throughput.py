@@ -49,8 +49,10 @@ import common  # noqa: E402  (common and teaching_baseline sit next to this scri
 import teaching_baseline  # noqa: E402
 from tfchargen import evaluate, pipeline, sources  # noqa: E402
 from tfchargen import model as model_lib  # noqa: E402
+from tfchargen import rundir  # noqa: E402
 from tfchargen import train as train_lib  # noqa: E402
-from tfchargen.train import CharCount  # noqa: E402
+from tfchargen.losses import CharCount, TokenMeanCrossentropy  # noqa: E402
+from tfchargen.optimizers import Adam  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
 VARIANTS = ("teaching", "tfchargen_b8", "tfchargen_b8_windows", "tuned")
@@ -189,9 +191,9 @@ def run_teaching(train_list, heldout_list, args):
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
     fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
-    rnn.model.compile(  # as tfchargen/train.py compiles it
-        optimizer=train_lib.Adam(lr, clipnorm=1.0),
-        loss=train_lib.TokenMeanCrossentropy(),
+    rnn.model.compile(  # as tfchargen/train.py compiles it (losses.py, optimizers.py)
+        optimizer=Adam(lr, clipnorm=1.0),
+        loss=TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
         steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/train.py sets it
             {"steps_per_execution": args.steps_per_execution}, 10**9, "default"),
@@ -280,7 +282,7 @@ def main(argv=None):
         """One variant trained for the budget: a dict of its measurements."""
         if not args.in_process and not args.variant_json:
             # A fresh process per variant: threads and caches left behind by one variant's
-            # pipeline (py_function iterators, prefetch buffers) would slow the next.
+            # pipeline (iterators, prefetch buffers) would slow the next.
             with tempfile.TemporaryDirectory() as d:
                 one = os.path.join(d, "one.json")
                 cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]),

@@ -4,6 +4,7 @@ import collections
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,7 +143,7 @@ def test_run_dir_with_other_architecture_is_refused(tiny_run):
 def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
     """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
     learning rate leaves them exactly as they were); another model shape is refused."""
-    from tfchargen import train as train_lib
+    from tfchargen import rundir
 
     fine = tmp_path / "fine"
     r = run_cli("train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
@@ -150,8 +151,8 @@ def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_pat
                 "--sample-every", 0, "--no-export")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (fine / "vocab.txt").read_bytes() == (tiny_run / "vocab.txt").read_bytes()
-    _, _, before = train_lib.load_trained(str(tiny_run))
-    _, _, after = train_lib.load_trained(str(fine))
+    _, _, before = rundir.load_trained(str(tiny_run))
+    _, _, after = rundir.load_trained(str(fine))
     for a, b in zip(before.model.weights, after.model.weights):
         assert a.path == b.path and bool(tf.reduce_all(a == b)), a.path
     r = run_cli("train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run,
@@ -171,3 +172,47 @@ def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
     fine = {**config.DEFAULTS, **config.PRESETS["agnews-finetune"]}
     assert {k: pre[k] for k in config.MODEL_KEYS} == {k: fine[k] for k in config.MODEL_KEYS}
     assert pre["eval_field"] == fine["field"] == "title"  # pretraining is scored on what fine-tuning trains
+
+
+@pytest.mark.slow
+def test_a_run_dir_that_never_trained_takes_a_corrected_command(tmp_path, data_path):
+    """A train that fails before its first epoch (here a typo'd --train-data) leaves a
+    config.json, which must not block the corrected command; a trained run stays protected."""
+    run_dir = tmp_path / "typo"
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{data_path}.typo", timeout=120)
+    assert r.returncode == 2 and "no such file" in r.stderr, r.stderr[-2000:]
+    assert (run_dir / "config.json").exists()
+    small = ["--units", 16, "--batch-size", 16, "--steps-per-epoch", 5, "--sample-every", 0, "--no-export"]
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run_dir / "config.json").read_text())["train_data"] == TRAIN
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{data_path}[:400]", *small, timeout=120)
+    assert r.returncode == 2 and "different train_data" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_training_output_is_plain_separate_lines_off_a_terminal(tmp_path, data_path):
+    """Captured (not a terminal): no carriage returns or colour codes; the bar, the epoch
+    summary and each sample on lines of their own; samples every N epochs and after the last;
+    a resumed run says where it resumes."""
+    run_dir = tmp_path / "out"
+    args = ["train", "--run-dir", run_dir, "--train-data", TRAIN, "--eval-data", HELDOUT, "--units", 16,
+            "--batch-size", 16, "--steps-per-epoch", 5, "--sample-every", 2, "--seed", 2, "--no-export"]
+    first = run_cli(*args, "--epochs", 1)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run_cli(*args, "--epochs", 3)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    for r in (first, resumed):
+        assert "\r" not in r.stdout and "\x1b" not in r.stdout and "\b" not in r.stdout
+    summary = re.compile(r"epoch (\d+): train loss \d+\.\d{4}, \d+ chars, \d+ chars/s; "
+                         r"held-out \d+\.\d{4} nats/char \(\d+\.\d{4} bits/char\)")
+    bar = re.compile(r"5/5 - \d+s - \d+m?s/step - loss: \d+\.\d{4}")  # Keras' bar, no float counter
+    for r, epochs, sampled in ((first, [1], [1]), (resumed, [2, 3], [2, 3])):
+        lines = r.stdout.splitlines()
+        assert [int(m[1]) for m in map(summary.fullmatch, lines) if m] == epochs, r.stdout
+        assert len([line for line in lines if bar.fullmatch(line)]) == len(epochs), r.stdout
+        samples = [i for i, line in enumerate(lines) if line.startswith("  T=")]
+        assert len(samples) == 6 * len(sampled), r.stdout  # 2 prompts x 3 temperatures per table
+    lines = resumed.stdout.splitlines()
+    assert "resuming after epoch 1" in lines and "Epoch 1/3" not in lines
+    assert lines.index("resuming after epoch 1") < lines.index("Epoch 2/3")

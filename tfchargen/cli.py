@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps-per-execution", type=int,
                    help="train steps per tf.function call (Keras; default 8, reduced to divide the epoch)")
     g.add_argument("--seed", type=int)
-    g.add_argument("--sample-every", type=int, help="print samples every N epochs (0 = never)")
+    g.add_argument("--sample-every", type=int, help="print samples every N epochs and after the last (default 1; 0 = never)")
     _model_flags(t)
     g = t.add_argument_group("devices (README: Training on several devices)")
     g.add_argument("--strategy", choices=["default", "mirrored", "multi-worker"],
@@ -248,8 +248,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import evaluate, pipeline, sources
-    from . import train as train_lib
+    from . import evaluate, pipeline, rundir, sources
 
     from .vocab import Vocabulary
 
@@ -266,7 +265,7 @@ def cmd_evaluate(args) -> int:
         result = evaluate.metrics(total, count)
     else:
         with run_dir_errors(args.run_dir):
-            cfg, vocab, rnn = train_lib.load_trained(args.run_dir)
+            cfg, vocab, rnn = rundir.load_trained(args.run_dir)
         field = args.field or ("title" if cfg["field"] == "title|description" else cfg["field"])
         text = sources.load(args.data, field, args.tfds_data_dir, bad_rows=args.bad_rows)
         result = evaluate.evaluate_dataset(rnn.model, pipeline.eval_dataset(text, vocab))

@@ -118,3 +118,39 @@ def make(name: str = "default", devices=None) -> Setup:
 def _short(device: str) -> str:
     """"/job:localhost/replica:0/task:0/device:GPU:0", "/gpu:0", "GPU:0" -> "GPU:0"."""
     return device.split("device:")[-1].lstrip("/").upper()
+
+
+def all_sum(strategy: tf.distribute.Strategy, values: list[float]) -> list[float]:
+    """Sums ``values`` over all replicas of all workers (every worker must call it)."""
+    x = tf.constant(values, tf.float64)
+    summed = tf.function(lambda: strategy.reduce(
+        tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(x)), axis=None))()
+    return [float(v) for v in summed.numpy()]
+
+
+def patch_for_multi_worker(model, strategy: tf.distribute.Strategy) -> None:
+    """Works around two Keras 3 bugs with MultiWorkerMirroredStrategy (keras-team/keras#20585),
+    on this model instance only:
+
+    * before training, ``fit`` reduces a whole (inputs, targets) batch with ``strategy.reduce``,
+      which CollectiveAllReduceStrategy cannot do for a structure; the batch only gives the
+      model its input shapes, so Keras gets the first local replica's batch instead;
+    * ``fit`` averages each step's metrics over replicas with ``reduce("MEAN", axis=0)``,
+      which fails for scalars; the step returns them as [1] vectors, whose mean over the
+      replicas is the same average Keras computes under MirroredStrategy.
+    """
+    build, step = model._maybe_symbolic_build, model.train_step
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None and data_batch is None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        return build(data_batch=data_batch)
+
+    def train_step(data):
+        return tf.nest.map_structure(lambda v: tf.reshape(v, [1]), step(data))
+
+    model._maybe_symbolic_build, model.train_step = maybe_symbolic_build, train_step

@@ -28,14 +28,12 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # no public disable_op_determinism
 
-from . import contract
+from . import contract, rundir
 from . import generate as gen_lib
-from . import train as train_lib
 from . import warmup as warmup_lib
 
 SERVING_DEFAULTS = contract.SERVING_DEFAULTS
-VERSION_DIR_PREFIX = ".tmp-"
-
+VERSION_DIR_PREFIX = rundir.TMP_PREFIX
 
 @contextlib.contextmanager
 def without_op_determinism():
@@ -132,7 +130,7 @@ def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print,
 
 def _export(run_dir, export_base, jit_compile, log, defaults) -> str:
     # A model trained on GPU may carry cuDNN-only ops: export from a non-cuDNN copy.
-    _, vocab, rnn = train_lib.load_trained(run_dir, use_cudnn=False)
+    _, vocab, rnn = rundir.load_trained(run_dir, use_cudnn=False)
     g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
     fns = signature_functions(g, defaults)
 

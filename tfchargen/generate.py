@@ -10,15 +10,10 @@ Every input is batched on dimension 0 and every control is per row, so TF Servin
 merge requests: ``max_length`` (new characters), ``temperature`` (0 = greedy),
 ``top_k`` (0 = off), ``top_p`` (1 = off), ``seed`` (0 = unseeded).
 
-Sampling is a pipeline of small swappable pieces: logit filters (TopK, TopP) and a
-sampler (Categorical). Padding (id 0) is removed before any of them, so it is never
-sampled at any temperature.
-
-Seeds: a seeded row draws its randomness from a counter-based hash of (its seed, the step,
-the character id) and takes the Gumbel-max of the temperature-scaled log-probs: exactly a
-categorical draw, but one that depends only on the row's own seed and never on the other
-rows of the batch. Unseeded rows use a kernel that seeds itself from the system's entropy
-(``unseeded_draw``): different in every process and every call.
+Each step picks the next character with swappable pieces from sampling.py: any list of
+logit filters (by default TopK then TopP) and a sampler (by default Categorical, which
+also holds the seeded draws). Padding (id 0) is removed before any of them, so it is
+never sampled at any temperature.
 """
 
 from __future__ import annotations
@@ -26,131 +21,19 @@ from __future__ import annotations
 import functools
 
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config  # no public is/disable_op_determinism
 
 from . import contract
 from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
 from .model import CharRNN
 from .state import StateCodec
+from .sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
 from .vocab import Vocabulary, normalize
-
-NEG_INF = float("-inf")
-
-
-class TopK:
-    """Keeps each row's k most likely characters (k = 0: keep all).
-
-    Args:
-        log_probs: [B, V] float log-probabilities (-inf = excluded).
-        k: [B] int32.
-
-    Example:
-    >>> TopK()(tf.math.log([[0.5, 0.3, 0.2]]), tf.constant([2])).numpy()  # doctest: +SKIP
-    array([[-0.69, -1.20, -inf]], dtype=float32)
-    """
-
-    def __call__(self, log_probs, k):
-        vocab = tf.shape(log_probs)[1]
-        k = tf.minimum(k, vocab)
-        kth = tf.gather(tf.sort(log_probs, axis=-1, direction="DESCENDING"),
-                        tf.maximum(k - 1, 0)[:, None], batch_dims=1)
-        keep = (log_probs >= kth) | (k[:, None] <= 0)
-        return tf.where(keep, log_probs, NEG_INF)
-
-
-class TopP:
-    """Nucleus filter: keeps the most likely characters whose mass reaches p (p = 1: all).
-
-    Args:
-        log_probs: [B, V] float log-probabilities (-inf = excluded).
-        p: [B] float32 in (0, 1].
-
-    Example:
-    >>> TopP()(tf.math.log([[0.5, 0.3, 0.2]]), tf.constant([0.6])).numpy()  # doctest: +SKIP
-    array([[-0.69, -1.20, -inf]], dtype=float32)
-    """
-
-    def __call__(self, log_probs, p):
-        sorted_lp = tf.sort(log_probs, axis=-1, direction="DESCENDING")
-        probs = tf.nn.softmax(sorted_lp)  # renormalized over what earlier filters kept
-        before = tf.cumsum(probs, axis=-1, exclusive=True)
-        kept = before < p[:, None]  # the top character is always kept
-        threshold = tf.reduce_min(tf.where(kept, sorted_lp, float("inf")), axis=-1, keepdims=True)
-        keep = (log_probs >= threshold) | (p[:, None] >= 1.0)
-        return tf.where(keep, log_probs, NEG_INF)
-
-
-def _mix32(x):
-    """A 32-bit integer finalizer (lowbias32): well-spread bits from a counter."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-    x = x * tf.constant(0x7FEB352D, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
-    x = x * tf.constant(0x846CA68B, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-
-
-def seeded_gumbel(seed, step, vocab_size):
-    """[B, V] Gumbel noise that depends only on (row seed, step, character id)."""
-    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [B, 2]: low and high words
-    row = _mix32(seed[:, 0] ^ _mix32(seed[:, 1] ^ _mix32(tf.cast(step, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))))
-    ids = tf.cast(tf.range(vocab_size), tf.uint32)
-    bits = _mix32(row[:, None] ^ _mix32(ids + tf.constant(0x632BE5AB, tf.uint32))[None, :])
-    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * (1.0 / (1 << 24))
-    return -tf.math.log(-tf.math.log(u))
-
-
-def unseeded_draw(scaled):
-    """[B] int32 draws from a fresh random stream: new in every process and every call.
-
-    ``tf.random.categorical`` would take its op seed from TensorFlow's global seed when one
-    is set (``keras.utils.set_random_seed``, as training does), and that seed is then
-    written into the traced graph, so every process that loads an export repeats the same
-    "random" text. Seed attributes (0, 0) tell the kernel to seed itself from the
-    operating system's entropy when it is created, in whatever runtime loads the graph.
-    Under op determinism such a kernel refuses to run, so a graph traced there (samples
-    during training) draws from the global seed instead: the determinism that was asked for.
-    """
-    if tf_config.is_op_determinism_enabled():
-        return tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0]
-    return tf.raw_ops.Multinomial(logits=scaled, num_samples=1, seed=0, seed2=0, output_dtype=tf.int32)[:, 0]
-
-
-class Categorical:
-    """Samples from temperature-scaled log-probs; temperature 0 takes the argmax.
-
-    Args:
-        log_probs: [B, V] filtered log-probabilities (-inf = excluded).
-        temperature: [B] float32 >= 0.
-        seed: [B] int64, 0 = unseeded (fresh per process and call: unseeded_draw), else
-            reproducible per row: a row's own seed alone decides its noise, whatever the
-            batch (rows that share a seed share their draws: callers give each row its own,
-            see seeds.row_seed).
-        step: scalar int32, the position being generated.
-
-    Example:
-    >>> Categorical()(tf.math.log([[0.0, 1.0]]), tf.constant([1.0]),
-    ...               tf.constant([7], tf.int64), 0).numpy()  # doctest: +SKIP
-    array([1], dtype=int32)
-    """
-
-    def __call__(self, log_probs, temperature, seed, step):
-        t = temperature[:, None]
-        scaled = tf.where(t > 0, log_probs / tf.where(t > 0, t, 1.0), log_probs)
-        seeded_rows, unseeded_rows = (temperature > 0) & (seed != 0), (temperature > 0) & (seed == 0)
-        # Each kind of draw costs a [B, V] pass: pay only for the kinds some row uses.
-        zeros = lambda: tf.zeros_like(seed, tf.int32)  # noqa: E731
-        greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        seeded = tf.cond(tf.reduce_any(seeded_rows), lambda: tf.argmax(
-            scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1, output_type=tf.int32), zeros)
-        unseeded = tf.cond(tf.reduce_any(unseeded_rows), lambda: unseeded_draw(scaled), zeros)
-        return tf.where(seeded_rows, seeded, tf.where(unseeded_rows, unseeded, greedy))
-
 
 def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
     """InvalidArgument with a clear message for anything outside the documented contract.
 
-    One Assert whose message is the first failed rule's: a dozen separate tf.debugging
-    asserts cost ~0.2 ms per call, a tenth of a short generation's fixed cost.
+    One Assert whose message is the first failed rule's: separate tf.debugging asserts
+    would each add an op to every call.
     """
     n = tf.size(prompt)
     rules = [(tf.size(x) != n, contract.MSG_ONE_PER_PROMPT.format(name=name))
@@ -175,15 +58,18 @@ class Generator(tf.Module):
     Args:
         rnn: the model (its ``step`` and ``stepper`` share weights with training).
         vocab: the Vocabulary whose tables turn strings into ids and back.
-        filters: logit filters applied in order, each ``f(log_probs, control)``.
-        sampler: picks the next id from filtered log-probs.
+        filters: logit filters applied in order, each ``f(log_probs, controls)`` (see
+            sampling.py); default TopK then TopP. ``[]`` samples the whole distribution.
+        sampler: ``s(log_probs, controls, step)`` picks the next ids; default Categorical.
         jit_compile: compile the numeric loop with XLA.
+
+    ``controls`` is the dict of [B] tensors ``temperature``, ``top_k``, ``top_p``, ``seed``.
     """
 
     def __init__(self, rnn: CharRNN, vocab: Vocabulary, filters=None, sampler=None, jit_compile=False):
         super().__init__(name="generator")
         self.rnn, self.vocab = rnn, vocab
-        self.top_k, self.top_p = filters or (TopK(), TopP())
+        self.filters = list(filters) if filters is not None else [f() for f in DEFAULT_FILTERS]
         self.sampler = sampler or Categorical()
         self.jit_compile = jit_compile
         self._loop = tf.function(self._decode, jit_compile=jit_compile, autograph=False,
@@ -217,16 +103,14 @@ class Generator(tf.Module):
         size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
-        any_top_k, any_top_p = tf.reduce_any(top_k > 0), tf.reduce_any(top_p < 1.0)
+        controls = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
         table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
         def body(i, done, ended, log_prob, logits, states, out, pos):
             log_probs = tf.nn.log_softmax(logits)
             allowed = log_probs + pad_col  # padding is never a candidate
-            # Filters sort [B, V]: skip them when no row of the batch asks for them.
-            filtered = tf.cond(any_top_k, lambda: self.top_k(allowed, top_k), lambda: allowed)
-            filtered = tf.cond(any_top_p, lambda: self.top_p(filtered, top_p), lambda: filtered)
-            nxt = self.sampler(filtered, temperature, seed, pos if stream else i)
+            filtered = apply_filters(self.filters, allowed, controls)
+            nxt = self.sampler(filtered, controls, pos if stream else i)
             active = ~done
             nxt = tf.where(active, nxt, 0)
             picked = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]

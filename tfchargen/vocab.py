@@ -25,10 +25,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from . import rundir
+
 PAD = "<pad>"
 EOS = "<eos>"
 PAD_ID = 0
-FILENAME = "vocab.txt"
+FILENAME = rundir.VOCAB
 # U+001E RECORD SEPARATOR inside a text marks an <eos> boundary within one example
 # (e.g. "title<RS>description": the title is learnt exactly as it is scored, ending in
 # <eos>, and the description continues after it). It is never a vocabulary character.
@@ -61,8 +63,9 @@ class Vocabulary(tf.Module):
         path: a ``vocab.txt`` file in the format of this module's docstring.
 
     Example:
-    >>> v = Vocabulary.build(["Today ", "Tomorrow"], "/tmp/v")   # doctest: +SKIP
-    >>> v.encode(tf.constant(["Tod"])).to_list()                  # doctest: +SKIP
+    >>> import tempfile
+    >>> v = Vocabulary.build(["Today ", "Tomorrow"], tempfile.mkdtemp())
+    >>> v.encode(tf.constant(["Tod"])).to_list()
     [[2, 6, 4]]
     """
 
@@ -113,12 +116,8 @@ class Vocabulary(tf.Module):
         chars.discard(SEGMENT_SEPARATOR)
         if not chars:
             raise ValueError("cannot build a vocabulary: the training text is empty")
-        os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, FILENAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join([PAD, *sorted(chars), EOS]) + "\n")
-        os.replace(tmp, path)  # atomic: a reader never sees half a vocabulary
+        rundir.atomic_write_text(path, "\n".join([PAD, *sorted(chars), EOS]) + "\n")  # never half a file
         return cls(path)
 
     def chars_of(self, text: tf.Tensor) -> tf.RaggedTensor:

@@ -31,14 +31,15 @@ DEFAULT_BATCH_SIZES = (1, 8)
 _PROMPTS = ["Today ", "On Sunday ", "Stocks rise as oil falls", "", "Microsoft to buy ",
             "Red Sox win ", "U.S. economy ", "Oil prices "]
 
-# name -> (dtype, value for row i): the generate signature's inputs, one row each.
-_GENERATE = {
-    "prompt": (tf.string, lambda i: _PROMPTS[i % len(_PROMPTS)].encode("utf-8")),
-    "max_length": (tf.int32, lambda i: 32),
-    "temperature": (tf.float32, lambda i: [0.0, 0.8, 1.0][i % 3]),
-    "top_k": (tf.int32, lambda i: [0, 0, 40][i % 3]),
-    "top_p": (tf.float32, lambda i: [1.0, 0.95, 1.0][i % 3]),
-    "seed": (tf.int64, lambda i: i + 1),
+# input name -> its value for row i, for every input of every signature (contract.SIGNATURES).
+_VALUES = {
+    "prompt": lambda i: _PROMPTS[i % len(_PROMPTS)].encode("utf-8"),
+    "text": lambda i: _PROMPTS[i % len(_PROMPTS)].encode("utf-8"),
+    "max_length": lambda i: 32,
+    "temperature": lambda i: [0.0, 0.8, 1.0][i % 3],
+    "top_k": lambda i: [0, 0, 40][i % 3],
+    "top_p": lambda i: [1.0, 0.95, 1.0][i % 3],
+    "seed": lambda i: i + 1,
 }
 
 
@@ -51,16 +52,11 @@ def warmup_inputs(signature: str, batch_size: int, start=None) -> dict[str, np.n
         first = warmup_inputs("generate", batch_size)
         state = start(**{k: tf.constant(v) for k, v in first.items()})[contract.STATE].numpy()
         return {contract.STATE: state, **{k: v for k, v in first.items() if k != "prompt"}}
-    if signature in ("generate", "start"):
-        specs = _GENERATE
-    elif signature == "serving_default":
-        specs = {"prompt": _GENERATE["prompt"]}
-    elif signature == "score":
-        specs = {"text": _GENERATE["prompt"]}
-    else:
+    if signature not in contract.SIGNATURES:
         raise ValueError(f"no warmup inputs for signature {signature!r}")
-    return {name: np.array([value(i) for i in range(batch_size)], dtype=dtype.as_numpy_dtype)
-            for name, (dtype, value) in specs.items()}
+    inputs = contract.SIGNATURES[signature][0]
+    return {name: np.array([_VALUES[name](i) for i in range(batch_size)], dtype=tf.as_dtype(dtype).as_numpy_dtype)
+            for name, dtype in inputs.items()}
 
 
 def warmup_requests(model_name: str = "chargen", batch_sizes=DEFAULT_BATCH_SIZES,

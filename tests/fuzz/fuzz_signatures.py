@@ -17,7 +17,8 @@ per max_length range, and the first failures. Exit code 1 on any unexpected outc
 exception of another kind, a wrong message, an accepted invalid control, a broken output,
 a time-bound violation); a hung call aborts the run (faulthandler) with a stack dump.
 
-Needs only TensorFlow and numpy: it reads the vocabulary from the model's assets.
+Needs only TensorFlow, numpy and tfchargen's plain-Python contract.py: it reads the vocabulary
+from the model's assets.
 """
 
 from __future__ import annotations
@@ -37,23 +38,25 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
-CAP = 2048  # generate.MAX_NEW_CHARS
-MAX_PROMPT = 4096  # generate.MAX_PROMPT_CHARS: score counts only the last 4096 known characters
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tfchargen import contract, rundir  # noqa: E402  (plain Python: the contract, the atomic write)
+
+CAP = contract.MAX_NEW_CHARS
+MAX_PROMPT = contract.MAX_PROMPT_CHARS  # score counts only the last MAX_PROMPT known characters
 FLT_MIN = float(np.finfo(np.float32).tiny)  # smallest normal float32; subnormals may be flushed to 0
 SPACE_LIKE = "\t\n\r\x0b\x0c\x85\u2028\u2029"
 SEPARATOR = "\x1e"  # read as <eos> inside a text
-MESSAGES = {
-    "mismatch": "must have one value per prompt",
-    "max_length": "max_length must be",
-    "temperature": "temperature must be finite and >= 0",
-    "top_k": "top_k must be >= 0",
-    "top_p": "top_p must be in (0, 1]",
+MESSAGES = {  # the part of each check's message (contract.MSG_*) a broken control must raise
+    "mismatch": contract.MSG_ONE_PER_PROMPT.format(name="").strip(),
+    "max_length": os.path.commonprefix([contract.MSG_MAX_LENGTH_LOW, contract.MSG_MAX_LENGTH_HIGH]).strip(),
+    "temperature": contract.MSG_TEMPERATURE,
+    "top_k": contract.MSG_TOP_K,
+    "top_p": contract.MSG_TOP_P,
 }
 # Time bound of one call, linear in max_length: BASE + step(rows) * (new characters + the
 # longest prompt's known characters, at most 4096) + PER_BYTE * input bytes, times
 # --time-slack, where step(rows) = max(PER_STEP, ROW_STEP_FACTOR * rows * the model's own cost
-# of one row-step, measured at start through `score`). On 2 busy CPU cores a generation step
-# costs 0.4-1.5 ms at batch <= 64 (per-op overhead dominates), an input byte ~3 us.
+# of one row-step, measured at start through `score`).
 BASE_S, PER_STEP_S, PER_BYTE_S, ROW_STEP_FACTOR = 2.0, 0.004, 3e-5, 10.0
 
 # Pieces that break naive text handling; prompts are built from them and random data.
@@ -444,10 +447,7 @@ def main(argv=None) -> int:
         summary["environment"] = {"tensorflow": tf.__version__, "cpus": os.cpu_count()}
         text = json.dumps(summary, indent=2, ensure_ascii=False)
         if args.json:  # partial summaries too: a long run that is killed keeps what it found
-            os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-            with open(args.json + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-            os.replace(args.json + ".tmp", args.json)
+            rundir.atomic_write_text(args.json, text + "\n")
         return text
 
     summary = fuzz(model, args.cases, args.seed, args.default_max_length, args.time_slack,

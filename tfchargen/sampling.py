@@ -1,0 +1,198 @@
+"""Choosing the next character: logit filters, a sampler, and the seeded noise they draw.
+
+A decoding step turns the model's log-probabilities ``[B, V]`` into one id per row:
+
+    log_probs --filter--> ... --filter--> filtered log_probs --sampler--> ids [B]
+
+Every control is per row (``controls`` maps a control's name to a ``[B]`` tensor, the
+``generate`` signature's inputs: ``temperature``, ``top_k``, ``top_p``, ``seed``), so rows
+of one batch may ask for different things. A filter is any callable
+``f(log_probs, controls) -> log_probs`` that reads the control it needs and sets excluded
+characters to -inf; one with an ``active(controls)`` method is skipped (``tf.cond``) on the
+calls where no row of the batch asks for it, since filters sort ``[B, V]``. A sampler is a
+callable ``s(log_probs, controls, step) -> ids``.
+
+Seeds: a seeded row draws its randomness from a counter-based hash of (its seed, the step,
+the character id) and takes the Gumbel-max of the temperature-scaled log-probs: exactly a
+categorical draw, but one that depends only on the row's own seed and never on the other
+rows of the batch. Unseeded rows (seed 0) draw from a kernel that seeds itself from the
+system's entropy (``unseeded_draw``): different in every process and every call.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # no public is_op_determinism_enabled
+
+NEG_INF = float("-inf")
+
+
+class TopK:
+    """Keeps each row's k most likely characters; reads ``controls["top_k"]`` ([B] int32,
+    0 = keep all).
+
+    Args:
+        log_probs: [B, V] float log-probabilities (-inf = excluded).
+        controls: a dict holding ``top_k``.
+
+    Example:
+    >>> import numpy as np
+    >>> out = TopK()(tf.math.log([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]), {"top_k": tf.constant([2, 0])})
+    >>> np.isfinite(out.numpy())
+    array([[ True,  True, False],
+           [ True,  True,  True]])
+    """
+
+    control = "top_k"
+
+    def active(self, controls):
+        return tf.reduce_any(controls[self.control] > 0)
+
+    def __call__(self, log_probs, controls):
+        k = controls[self.control]
+        vocab = tf.shape(log_probs)[1]
+        k = tf.minimum(k, vocab)
+        kth = tf.gather(tf.sort(log_probs, axis=-1, direction="DESCENDING"),
+                        tf.maximum(k - 1, 0)[:, None], batch_dims=1)
+        keep = (log_probs >= kth) | (k[:, None] <= 0)
+        return tf.where(keep, log_probs, NEG_INF)
+
+
+class TopP:
+    """Nucleus filter: keeps the most likely characters whose mass reaches p; reads
+    ``controls["top_p"]`` ([B] float32 in (0, 1], 1 = keep all).
+
+    The mass is that of what earlier filters kept, renormalized; the most likely character
+    is always kept.
+
+    Args:
+        log_probs: [B, V] float log-probabilities (-inf = excluded).
+        controls: a dict holding ``top_p``.
+
+    Example:
+    >>> import numpy as np
+    >>> out = TopP()(tf.math.log([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]]), {"top_p": tf.constant([0.6, 0.4])})
+    >>> np.isfinite(out.numpy())
+    array([[ True,  True, False],
+           [ True, False, False]])
+    """
+
+    control = "top_p"
+
+    def active(self, controls):
+        return tf.reduce_any(controls[self.control] < 1.0)
+
+    def __call__(self, log_probs, controls):
+        p = controls[self.control]
+        sorted_lp = tf.sort(log_probs, axis=-1, direction="DESCENDING")
+        probs = tf.nn.softmax(sorted_lp)  # renormalized over what earlier filters kept
+        before = tf.cumsum(probs, axis=-1, exclusive=True)
+        kept = before < p[:, None]  # the top character is always kept
+        threshold = tf.reduce_min(tf.where(kept, sorted_lp, float("inf")), axis=-1, keepdims=True)
+        keep = (log_probs >= threshold) | (p[:, None] >= 1.0)
+        return tf.where(keep, log_probs, NEG_INF)
+
+
+DEFAULT_FILTERS = (TopK, TopP)  # applied in this order: top-k, then nucleus over what it kept
+
+
+def apply_filters(filters, log_probs, controls):
+    """Applies ``filters`` in order; one with ``active(controls)`` runs only when that is true.
+
+    Example:
+    >>> import numpy as np
+    >>> controls = {"top_k": tf.constant([2]), "top_p": tf.constant([1.0])}
+    >>> out = apply_filters([TopK(), TopP()], tf.math.log([[0.5, 0.3, 0.2]]), controls)
+    >>> np.isfinite(out.numpy())
+    array([[ True,  True, False]])
+    """
+    for f in filters:
+        if hasattr(f, "active"):
+            log_probs = tf.cond(f.active(controls), lambda f=f, x=log_probs: f(x, controls),
+                                lambda x=log_probs: x)
+        else:
+            log_probs = f(log_probs, controls)
+    return log_probs
+
+
+def _mix32(x):
+    """A 32-bit integer finalizer (lowbias32): well-spread bits from a counter."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def seeded_gumbel(seed, step, vocab_size):
+    """[B, V] standard Gumbel noise that depends only on (row seed, step, character id).
+
+    Args:
+        seed: [B] int64 (any value; 0 is only special to Categorical).
+        step: scalar int32, the position being generated.
+        vocab_size: V.
+
+    Example:
+    >>> import numpy as np
+    >>> a = seeded_gumbel(tf.constant([7, 8], tf.int64), 3, 5)
+    >>> b = seeded_gumbel(tf.constant([9, 7], tf.int64), 3, 5)
+    >>> np.allclose(a[0], b[1]), np.allclose(a[0], a[1])  # seed 7's noise, wherever its row is
+    (True, False)
+    """
+    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [B, 2]: low and high words
+    row = _mix32(seed[:, 0] ^ _mix32(seed[:, 1] ^ _mix32(tf.cast(step, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))))
+    ids = tf.cast(tf.range(vocab_size), tf.uint32)
+    bits = _mix32(row[:, None] ^ _mix32(ids + tf.constant(0x632BE5AB, tf.uint32))[None, :])
+    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * (1.0 / (1 << 24))
+    return -tf.math.log(-tf.math.log(u))
+
+
+def unseeded_draw(scaled):
+    """[B] int32 draws from a fresh random stream: new in every process and every call.
+
+    ``tf.random.categorical`` would take its op seed from TensorFlow's global seed when one
+    is set (``keras.utils.set_random_seed``, as training does), and that seed is then
+    written into the traced graph, so every process that loads an export repeats the same
+    "random" text. Seed attributes (0, 0) tell the kernel to seed itself from the
+    operating system's entropy when it is created, in whatever runtime loads the graph.
+    Under op determinism such a kernel refuses to run, so a graph traced there (samples
+    during training) draws from the global seed instead: the determinism that was asked for.
+    """
+    if tf_config.is_op_determinism_enabled():
+        return tf.random.categorical(scaled, 1, dtype=tf.int32)[:, 0]
+    return tf.raw_ops.Multinomial(logits=scaled, num_samples=1, seed=0, seed2=0, output_dtype=tf.int32)[:, 0]
+
+
+class Categorical:
+    """Samples from temperature-scaled log-probs; reads ``controls["temperature"]`` ([B]
+    float32 >= 0, 0 = argmax) and ``controls["seed"]`` ([B] int64, 0 = unseeded: fresh per
+    process and call; else reproducible per row: a row's own seed alone decides its noise,
+    whatever the batch, so rows that share a seed share their draws and callers give each
+    row its own, see seeds.row_seed).
+
+    Args:
+        log_probs: [B, V] filtered log-probabilities (-inf = excluded).
+        controls: a dict holding ``temperature`` and ``seed``.
+        step: int32, scalar or [B]: the position being generated (seeded rows draw per step;
+            stream rows carry their own absolute position).
+
+    Example:
+    >>> controls = {"temperature": tf.constant([0.0, 1.0, 1.0]), "seed": tf.constant([0, 7, 0], tf.int64)}
+    >>> int(Categorical()(tf.math.log([[0.2, 0.8]] * 3), controls, 0)[0])  # greedy row: the argmax
+    1
+    >>> Categorical()(tf.math.log([[0.0, 1.0]] * 3), controls, 0).numpy()  # -inf is never drawn
+    array([1, 1, 1], dtype=int32)
+    """
+
+    def __call__(self, log_probs, controls, step):
+        temperature, seed = controls["temperature"], controls["seed"]
+        t = temperature[:, None]
+        scaled = tf.where(t > 0, log_probs / tf.where(t > 0, t, 1.0), log_probs)
+        seeded_rows, unseeded_rows = (temperature > 0) & (seed != 0), (temperature > 0) & (seed == 0)
+        # Each kind of draw costs a [B, V] pass: pay only for the kinds some row uses.
+        zeros = lambda: tf.zeros_like(seed, tf.int32)  # noqa: E731
+        greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        seeded = tf.cond(tf.reduce_any(seeded_rows), lambda: tf.argmax(
+            scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1, output_type=tf.int32), zeros)
+        unseeded = tf.cond(tf.reduce_any(unseeded_rows), lambda: unseeded_draw(scaled), zeros)
+        return tf.where(seeded_rows, seeded, tf.where(unseeded_rows, unseeded, greedy))
