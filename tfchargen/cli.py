@@ -64,21 +64,14 @@ def number(kind=int, low=None, high=None, below_high=False):
 
 def number_list(text):
     """An argparse ``type``: comma-separated numbers, e.g. ``0.3,0.8``."""
-    items = [t.strip() for t in text.split(",")]
-    try:
-        return [float(t) for t in items]
-    except ValueError:
-        bad = next(t for t in items if not _is_float(t))
-        raise argparse.ArgumentTypeError(f"{bad!r} is not a number (want comma-separated numbers, "
-                                         "e.g. 0.3,0.8)") from None
-
-
-def _is_float(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not a number (want comma-separated "
+                                             "numbers, e.g. 0.3,0.8)") from None
+    return values
 
 
 def _d(key):
@@ -209,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "faster on CPU (batch <= 16, units >= 256, or one-hot input without dropout); never "
                    f"on GPU {_d('fused_lstm')}")
     g.add_argument("--init-from", help="a trained run dir: start from its weights and vocabulary (fine-tune; "
-                   "the model flags must match it)")
+                   "the model flags must match it; default: new weights)")
     g.add_argument("--steps-per-execution", type=number(int, 1),
                    help=f"train steps per tf.function call (Keras; reduced to divide the epoch) "
                    f"{_d('steps_per_execution')}")

@@ -18,11 +18,8 @@ Python-side, only the named warnings below are filtered, never a whole category.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import re
 import sys
-import warnings
 
 LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 
@@ -40,16 +37,12 @@ KNOWN_TF_LOGS = [
 _silence_imports = False
 
 
-class _DropKnown(logging.Filter):
-    """Drops the records of KNOWN_TF_LOGS."""
+def _is_unknown(record) -> bool:
+    """A logging filter: False for the records of KNOWN_TF_LOGS."""
+    import re
 
-    def __init__(self, patterns):
-        super().__init__()
-        self.patterns = [re.compile(p) for p in patterns]
-
-    def filter(self, record):
-        msg = record.getMessage()
-        return not any(p.search(msg) for p in self.patterns)
+    msg = record.getMessage()
+    return not any(re.search(p, msg) for p in KNOWN_TF_LOGS)
 
 
 def configure(verbose: bool = False) -> None:
@@ -62,11 +55,14 @@ def configure(verbose: bool = False) -> None:
     if verbose:
         _silence_imports = False
         return
+    import logging
+    import warnings
+
     for category, message in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     logger = logging.getLogger("tensorflow")  # the logger tf.get_logger() returns
-    if not any(isinstance(f, _DropKnown) for f in logger.filters):
-        logger.addFilter(_DropKnown(KNOWN_TF_LOGS))
+    if _is_unknown not in logger.filters:
+        logger.addFilter(_is_unknown)
     if LEVEL_VAR not in os.environ:  # the user's own level wins
         os.environ[LEVEL_VAR] = "3"
         _silence_imports = True
