@@ -65,6 +65,15 @@ PRESETS = {
     "tiny": dict(units=32, batch_size=32, steps_per_epoch=100, epochs=2, learning_rate=1e-2),
 }
 
+# One line per preset for `tfchargen train --help`.
+PRESET_HELP = {
+    "teaching": "the teaching example's architecture and batch (the defaults)",
+    "agnews-titles": "the quality recipe for AG News titles (one run)",
+    "agnews-pretrain": "the best recipe, run 1 of 2: each title with the start of its description",
+    "agnews-finetune": "the best recipe, run 2 of 2: --init-from the pretrain run, then titles alone",
+    "tiny": "a tiny model for smoke tests and CI",
+}
+
 # Settings that must not change when a run is resumed: they shape the weights/vocabulary.
 # (Not `strategy`: weights checkpoints are strategy-independent, so a run may resume under another.)
 ARCH_KEYS = ("train_data", "field", "description_chars", "cell", "layers", "units", "embedding_dim", "init_from")

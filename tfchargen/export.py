@@ -115,12 +115,6 @@ def session_loader_check(path: str) -> None:
                 feeds[contract.STATE] = out[contract.STATE]
 
 
-def versions(export_base: str) -> list[int]:
-    if not os.path.isdir(export_base):
-        return []
-    return sorted(int(d) for d in os.listdir(export_base) if d.isdigit())
-
-
 def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print, **defaults) -> str:
     """Exports the run's model as the next version under ``export_base``; returns its path."""
     defaults = check_defaults(defaults)
