@@ -122,10 +122,10 @@ def machine_info(probe: bool = False) -> dict:
 
 def latest_version(path: str) -> str:
     """A SavedModel version directory as given, or the highest version under an export base
-    (``tfchargen.export.versions``); FileNotFoundError if there is none."""
+    (``tfchargen.contract.versions``); FileNotFoundError if there is none."""
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
-    from tfchargen.export import versions
+    from tfchargen.contract import versions
 
     found = versions(path)
     if not found:

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import HELDOUT, ROOT, run_cli
+from tfchargen import contract
 from tfchargen import export as export_lib
 from tfchargen import generate as gen_lib
 from tfchargen import rundir
@@ -199,7 +200,7 @@ def test_versions_are_atomic_and_increment(tiny_model_copy, tiny_run):
     exported = tiny_model_copy
     # The XLA variant as version 2: export() itself runs it through the session loader.
     path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
-    assert os.path.basename(path) == "2" and export_lib.versions(str(exported)) == [1, 2]
+    assert os.path.basename(path) == "2" and contract.versions(str(exported)) == [1, 2]
     assert not [d for d in os.listdir(exported) if d.startswith(".tmp")]
     r = run_cli("generate", "--model", exported, "--version", 7)
     assert r.returncode == 2 and "no SavedModel" in r.stderr

@@ -143,7 +143,7 @@ def _export(run_dir, export_base, jit_compile, log, defaults) -> str:
         warmup_lib.write_warmup(tmp, start=fns["start"])  # TF Serving's assets.extra/tf_serving_warmup_requests
         session_loader_check(tmp)
         while True:  # the next free version; rename is atomic, so a server never sees half
-            version = (versions(export_base) or [0])[-1] + 1
+            version = (contract.versions(export_base) or [0])[-1] + 1
             final = os.path.join(export_base, str(version))
             try:
                 os.rename(tmp, final)
