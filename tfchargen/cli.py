@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     gen.add_argument("--json", action="store_true", help="one JSON object per sample")
 
+    from . import server  # its flags; TensorFlow loads only when `serve` runs
+    server.add_arguments(sub.add_parser("serve", help="serve an export base over TF Serving's REST and gRPC APIs"))
+
     e = sub.add_parser("evaluate", help="held-out nats/char of a trained run or exported model",
                        description="Print JSON metrics: nats/char, bits/char, perplexity, characters scored "
                        "(real characters plus <eos>, never padding).")
@@ -318,10 +321,12 @@ class run_dir_errors:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import server
     from .sources import DataError
 
     try:
-        commands = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate}
+        commands = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate,
+                    "serve": server.main}
         return commands[args.command](args)
     except (DataError, OSError, ValueError) as e:  # OSError: missing, unreadable, damaged files
         print(f"tfchargen {args.command}: error: {one_line(e)}", file=sys.stderr)
