@@ -554,6 +554,10 @@ class ModelManager:
         for servable in list(self._servables.values()):
             servable.stop()
 
+    def servables(self) -> dict[int, Servable]:
+        with self._lock:
+            return dict(self._servables)
+
     def get(self, name: str, version: int | None) -> Servable:
         with self._lock:
             if name == self.name:
@@ -767,6 +771,20 @@ def metadata_json(reply) -> dict:
             "metadata": {"signature_def": message_json(sigs)}}
 
 
+METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path for its metrics
+
+
+def metrics_text(manager: ModelManager) -> str:
+    """Batching counters in Prometheus' text format: merged calls and the rows they held."""
+    lines = ["# TYPE tfchargen_batches_total counter", "# TYPE tfchargen_batched_rows_total counter"]
+    for version, servable in sorted(manager.servables().items()):
+        for signature, b in sorted(servable.batchers.items()):
+            labels = f'model="{manager.name}",version="{version}",signature="{signature}"'
+            lines += [f"tfchargen_batches_total{{{labels}}} {b.batches}",
+                      f"tfchargen_batched_rows_total{{{labels}}} {b.rows}"]
+    return "\n".join(lines) + "\n"
+
+
 _PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?:(/metadata)|:(predict|stream))?$")
 
 
@@ -782,7 +800,7 @@ class RestServer(ThreadingHTTPServer):
     """``http.server`` with a bound on concurrent connections and the model manager."""
 
     daemon_threads = True
-    allow_reuse_address = False  # a port in use is an error, not a shared port
+    allow_reuse_address = True  # SO_REUSEADDR: restart at once; on Linux a second listener still fails
 
     def __init__(self, address, manager: ModelManager, limits=LIMITS):
         self.manager, self.limits = manager, limits
@@ -822,6 +840,7 @@ class RestHandler(BaseHTTPRequestHandler):
     """TF Serving's REST API over :class:`ModelManager`; one log line per request."""
 
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # even an unreadable request line gets a status line
     server_version = "tfchargen-serve"
     server: RestServer
 
@@ -831,6 +850,12 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # our own line per request instead (see _done)
         pass
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's protocol errors (bad request line, headers too long) as JSON."""
+        self.command = self.command or "-"
+        self.path = getattr(self, "path", "") or "-"
+        self._send(code, {"error": message or explain or "bad request"}, close=True)
 
     def handle_one_request(self):
         self._t0, self._rows, self._status = time.monotonic(), 0, None
@@ -882,6 +907,8 @@ class RestHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path in ("/", "/index.html"):
             return self._send(200, page(self.server.manager.name), "text/html; charset=utf-8")
+        if self.path == METRICS_PATH:
+            return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
         m = _PATH.match(self.path)
         if not m or m.group(4):
             return self._send(404, {"error": f"Malformed request: GET {self.path[:200]}"})
@@ -1067,11 +1094,14 @@ class Server:
     def __init__(self, model: str, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
                  grpc_port: int | None = 8500, versions="latest", max_batch: int = 64,
                  batch_timeout_ms: float = 2.0, batch_threads: int = 2, poll_seconds: float = POLL_SECONDS,
-                 limits=LIMITS):
+                 read_timeout_s: float = LIMITS["read_timeout_s"]):
         if not os.path.isdir(model):
             raise FileNotFoundError(f"no such model directory: {model}")
         if max_batch < 1 or batch_timeout_ms < 0 or batch_threads < 1:
             raise ValueError("--max-batch and --batch-threads must be >= 1 and --batch-timeout-ms >= 0")
+        if read_timeout_s <= 0:
+            raise ValueError("--read-timeout must be > 0")
+        limits = {**LIMITS, "read_timeout_s": read_timeout_s}
         self.name = name or os.path.basename(os.path.normpath(model))
         self.host = host
         self.manager = ModelManager(model, self.name, versions, poll_seconds, max_batch=max_batch,
@@ -1144,6 +1174,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--batch-threads", type=int, default=2, help="batches run at once (default 2)")
     p.add_argument("--poll-seconds", type=float, default=POLL_SECONDS,
                    help=f"how often to look for new versions (default {POLL_SECONDS:g})")
+    p.add_argument("--read-timeout", type=float, default=LIMITS["read_timeout_s"],
+                   help=f"seconds a client has to send its request (default {LIMITS['read_timeout_s']:g}; then 408)")
     return p
 
 
@@ -1153,8 +1185,9 @@ def main(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = Server(args.model, args.model_name, args.host, args.port, args.grpc_port or None, args.versions,
-                    args.max_batch, args.batch_timeout_ms, args.batch_threads, args.poll_seconds).start()
-    versions = ", ".join(str(v) for v in sorted(server.manager._servables))
+                    args.max_batch, args.batch_timeout_ms, args.batch_threads, args.poll_seconds,
+                    args.read_timeout).start()
+    versions = ", ".join(str(v) for v in sorted(server.manager.servables()))
     grpc_part = f", gRPC {server.grpc_target}" if server.grpc_target else ""
     log(f"tfchargen serve: {server.name} version {versions} on REST {server.rest_url}{grpc_part} "
         f"(page: {server.rest_url}/)")
