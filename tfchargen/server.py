@@ -859,12 +859,8 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         self._t0, self._rows, self._status = time.monotonic(), 0, None
-        try:
+        try:  # http.server itself closes a connection idle past the timeout
             super().handle_one_request()
-        except TimeoutError:
-            self.close_connection = True
-            self._send(408, {"error": f"the request was not received within "
-                                      f"{self.server.limits['read_timeout_s']:g} s"})
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
 
@@ -905,7 +901,7 @@ class RestHandler(BaseHTTPRequestHandler):
             self.server.in_flight -= 1
 
     def do_GET(self):
-        if self.path in ("/", "/index.html"):
+        if self.path.split("?", 1)[0] in ("/", "/index.html"):  # the page reads its query string itself
             return self._send(200, page(self.server.manager.name), "text/html; charset=utf-8")
         if self.path == METRICS_PATH:
             return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
@@ -937,7 +933,11 @@ class RestHandler(BaseHTTPRequestHandler):
         if length > self.server.limits["max_body_bytes"]:
             raise _HttpError(413, f"request body of {length} bytes is over the limit of "
                                   f"{self.server.limits['max_body_bytes']} bytes")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise _HttpError(408, f"the request body was not received within "
+                                  f"{self.server.limits['read_timeout_s']:g} s") from None
         if len(body) < length:
             raise ConnectionError("the client closed the connection mid-body")
         return body
