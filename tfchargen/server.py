@@ -800,6 +800,7 @@ class RestServer(ThreadingHTTPServer):
     """``http.server`` with a bound on concurrent connections and the model manager."""
 
     daemon_threads = True
+    request_queue_size = LIMITS["max_connections"]  # listen backlog: socketserver's 5 drops bursts of connects
     allow_reuse_address = True  # SO_REUSEADDR: restart at once; on Linux a second listener still fails
 
     def __init__(self, address, manager: ModelManager, limits=LIMITS):
