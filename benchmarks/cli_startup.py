@@ -2,7 +2,7 @@
 
     tfchargen --help
     tfchargen generate --model M --prompt x        (one prompt, the default 100 characters)
-    tfchargen generate --server URL --prompt x     (REST, against tests/serving_standin.py)
+    tfchargen generate --server URL --prompt x     (REST, against `tfchargen serve`)
 
 for this tree and a baseline commit, in one run: each round runs every command once per
 tree, the trees' order alternating between rounds, so both see the same machine load. Each
@@ -12,7 +12,7 @@ TF_CPP_MIN_LOG_LEVEL in its environment, as a user runs it; its peak RSS is the 
 
 The baseline tree is ``git archive BASELINE`` unpacked into a temporary directory. The model
 is --model, or a tiny run trained and exported here with this tree's CLI; the REST server is
-tests/serving_standin.py in its own process.
+`tfchargen serve` (this tree's) in its own process.
 
     python benchmarks/cli_startup.py --rounds 5
 """
@@ -99,17 +99,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_standin(model: str) -> tuple[subprocess.Popen, str]:
-    """tests/serving_standin.py in its own process (this one stays small: a child's peak RSS
-    starts from its parent's size until it execs); returns it and its REST address."""
-    rest, grpc = free_port(), free_port()
-    p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "serving_standin.py"), "--model", model,
-                          "--rest-port", str(rest), "--grpc-port", str(grpc)], cwd=ROOT, env=env_for(ROOT),
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = p.stdout.readline()  # printed once it serves
+def start_server(model: str) -> tuple[subprocess.Popen, str]:
+    """`tfchargen serve` in its own process (this one stays small: a child's peak RSS starts
+    from its parent's size until it execs); returns it and its REST address."""
+    import threading
+
+    rest = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "tfchargen", "serve", "--model", model, "--port", str(rest),
+                          "--grpc-port", "0"], cwd=ROOT, env=env_for(ROOT),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()  # logged once it serves
     if "REST" not in line:
         p.kill()
-        raise RuntimeError(f"the stand-in did not start: {line!r}")
+        raise RuntimeError(f"tfchargen serve did not start: {line!r}")
+    threading.Thread(target=p.stderr.read, daemon=True).start()  # its request log must not fill the pipe
     return p, f"http://127.0.0.1:{rest}"
 
 
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         tmp = pathlib.Path(tmp)
         trees = {"baseline": baseline_tree(args.baseline, tmp), "current": ROOT}
         model = args.model or tiny_export(tmp)
-        server, url = start_standin(model)
+        server, url = start_server(model)
         try:
             commands = {"help": ["--help"],
                         "generate_model": ["generate", "--model", model, "--prompt", "x"],

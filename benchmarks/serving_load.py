@@ -1,34 +1,33 @@
-"""Serving load: N concurrent clients x M requests, requests/second and p50/p99 latency.
+"""Serving load: `tfchargen serve` with request batching on and off, and the SavedModel in process.
 
     python benchmarks/serving_load.py                       # trains a --preset tiny model first
-    python benchmarks/serving_load.py --model models/chargen --clients 1,4,16 --requests 20
-    python benchmarks/serving_load.py --model M --url http://127.0.0.1:8501 --grpc 127.0.0.1:8500
-    python benchmarks/serving_load.py --model M --standin   # + the test stand-in server
+    python benchmarks/serving_load.py --model models/chargen --clients 1,4,16,64 --requests 8
+    python benchmarks/serving_load.py --model M --url http://127.0.0.1:8501   # + any TF Serving
 
-Targets (each run with every --clients count; each client is a thread sending --requests
-requests one after another, each request a batch of --batch prompts):
+Targets, run in rotation for each --clients count (so a change in the machine's load hits
+them all alike); each client is a thread sending --requests requests one after another,
+one prompt each, up to --max-length new characters:
 
-    savedmodel      the SavedModel's `generate` signature called in this process
-                    (tf.saved_model.load): no network, no serialization; the ceiling
-    rest, grpc      a real model server (TF Serving) at --url (REST) / --grpc (gRPC), through
-                    tfchargen.client
-    standin_rest,   tests/serving_standin.py started in THIS process on the same model: the
-    standin_grpc    stand-in used by the tests, NOT TensorFlow Serving (Python HTTP/gRPC
-                    servers sharing the GIL with the client threads; no request batching).
-                    Its numbers measure the clients' and protocols' overhead, not TF Serving.
+    savedmodel    the SavedModel's `generate` signature called in this process
+                  (tf.saved_model.load): no network, no serialization, no batching
+    batching_on   `tfchargen serve` (a subprocess) with --max-batch 64 --batch-timeout-ms 2,
+                  called over REST through tfchargen.client
+    batching_off  the same server with --max-batch 1: every request runs on its own
+    rest          a model server (e.g. TF Serving) at --url, if given
 
-Reported per (target, clients): requests/s and new characters/s over the wall time of the
-run, and per-request latency percentiles (ms). Each target gets a few warm-up requests
-first (tracing). Seeded requests (seed = request number) make every run generate the same
-text. This is a benchmark, not a test: the numbers depend on the machine and its load,
-which is recorded with them.
+Reported per (target, clients): requests/s and new characters/s over the wall time, and
+per-request latency percentiles (ms). Each target gets a few warm-up requests first.
+Seeded requests (seed = request number) make every run generate the same text. This is a
+benchmark, not a test: the numbers depend on the machine and its load, recorded with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,11 +42,10 @@ import tensorflow as tf
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))  # serving_standin (test code)
 
 from train_throughput import machine_info  # noqa: E402
 
-from tfchargen.client import GrpcClient, RestClient, ServingError  # noqa: E402
+from tfchargen.client import RestClient, ServingError  # noqa: E402
 
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv")
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
@@ -70,6 +68,33 @@ def latest_version(model: str) -> str:
     if not versions:
         raise SystemExit(f"{model} holds no model versions")
     return os.path.join(model, str(versions[-1]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeProcess:
+    """`python -m tfchargen serve` on a free port (REST only), until stop()."""
+
+    def __init__(self, model: str, name: str, *flags):
+        self.port = free_port()
+        self.cmd = [sys.executable, "-m", "tfchargen", "serve", "--model", model, "--model-name", name,
+                    "--port", str(self.port), "--grpc-port", "0", *flags]
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        for line in self.proc.stderr:
+            if " on REST " in line:
+                break
+        else:
+            raise SystemExit(f"server did not start: {' '.join(self.cmd)}")
+        threading.Thread(target=collections.deque, args=(self.proc.stderr, 0), daemon=True).start()  # drain its log
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
 
 
 def request_inputs(i: int, batch: int, args) -> dict:
@@ -142,21 +167,22 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="export base or version dir (default: train --preset tiny first)")
     p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV for the tiny model (default: %(default)s)")
-    p.add_argument("--url", help="a TF Serving REST address, e.g. http://127.0.0.1:8501")
-    p.add_argument("--grpc", help="a TF Serving gRPC address, e.g. 127.0.0.1:8500")
+    p.add_argument("--url", help="also a model server's REST address, e.g. http://127.0.0.1:8501")
     p.add_argument("--model-name", default="chargen")
-    p.add_argument("--standin", action="store_true", help="also run against the test stand-in (not TF Serving)")
-    p.add_argument("--no-local", action="store_true", help="skip the in-process SavedModel target")
-    p.add_argument("--clients", default="1,4,16", help="comma-separated concurrent client counts")
-    p.add_argument("--requests", type=int, default=20, help="requests per client")
-    p.add_argument("--batch", type=int, default=1, help="prompts per request")
+    p.add_argument("--targets", default="savedmodel,batching_on,batching_off")
+    p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrent client counts")
+    p.add_argument("--requests", type=int, default=8, help="requests per client")
     p.add_argument("--max-length", type=int, default=100, help="new characters per prompt")
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=3, help="requests per target before measuring")
     p.add_argument("--out", default=os.path.join(HERE, "results", "serving_load.json"))
     args = p.parse_args(argv)
+    args.batch = 1
     client_counts = [int(c) for c in args.clients.split(",")]
+    wanted = args.targets.split(",") + (["rest"] if args.url else [])
 
     with tempfile.TemporaryDirectory() as work:
         model_desc, train_seconds = args.model, None
@@ -166,69 +192,72 @@ def main(argv=None):
             args.model = train_tiny(work, args.data)
             train_seconds = time.perf_counter() - t
             model_desc = "tfchargen train --preset tiny --seed 3 (rows 1-6000), exported"
-        path = latest_version(args.model)
-        loaded = tf.saved_model.load(path)
-
-        targets = {}
-        if not args.no_local:
-            targets["savedmodel"] = ("SavedModel in process (tf.saved_model.load)", local_caller(loaded))
-        if args.url:
-            targets["rest"] = (f"model server REST {args.url}", client_caller(
-                lambda: RestClient(args.url, args.model_name, timeout=args.timeout)))
-        if args.grpc:
-            targets["grpc"] = (f"model server gRPC {args.grpc}", client_caller(
-                lambda: GrpcClient(args.grpc, args.model_name, timeout=args.timeout)))
-        standin = None
-        if args.standin:
-            from serving_standin import Standin
-            standin = Standin(args.model, args.model_name, workers=max(client_counts) + 2).start()
-            targets["standin_rest"] = ("STAND-IN (tests/serving_standin.py, not TF Serving) REST, in this process",
-                                       client_caller(lambda: RestClient(standin.rest_url, args.model_name,
-                                                                        timeout=args.timeout)))
-            targets["standin_grpc"] = ("STAND-IN (tests/serving_standin.py, not TF Serving) gRPC, in this process",
-                                       client_caller(lambda: GrpcClient(standin.grpc_target, args.model_name,
-                                                                        timeout=args.timeout)))
-        if not targets:
-            raise SystemExit("nothing to run: drop --no-local or give --url/--grpc/--standin")
-
-        load_before = os.getloadavg()
-        results = []
+        loaded = tf.saved_model.load(latest_version(args.model))
+        servers, targets = [], {}
         try:
+            if "savedmodel" in wanted:
+                targets["savedmodel"] = ("SavedModel in process (tf.saved_model.load)", local_caller(loaded))
+            for name, batch in (("batching_on", args.max_batch), ("batching_off", 1)):
+                if name in wanted:
+                    s = ServeProcess(args.model, args.model_name, "--max-batch", str(batch),
+                                     "--batch-timeout-ms", str(args.batch_timeout_ms))
+                    servers.append(s)
+                    targets[name] = (" ".join(["tfchargen serve", *s.cmd[4:]]), client_caller(
+                        lambda url=s.url: RestClient(url, args.model_name, timeout=args.timeout)))
+            if args.url:
+                targets["rest"] = (f"model server REST {args.url}", client_caller(
+                    lambda: RestClient(args.url, args.model_name, timeout=args.timeout)))
             for name, (label, call) in targets.items():
                 for i in range(args.warmup):
-                    call(**request_inputs(10_000 + i, args.batch, args))
-                for clients in client_counts:
+                    call(**request_inputs(10_000 + i, 1, args))
+
+            load_before = os.getloadavg()
+            results = []
+            for clients in client_counts:
+                for name, (label, call) in targets.items():  # in rotation
                     row = {"target": name, "label": label, **run_load(call, clients, args.requests, args)}
                     results.append(row)
                     lat = row["latency_ms"]
                     print(f"{name:13} clients {clients:3}  {row['requests_per_second']:7.1f} req/s  "
                           f"{row['chars_per_second']:9.0f} chars/s  p50 {lat['p50']:7.1f} ms  p99 {lat['p99']:7.1f} ms"
                           f"  errors {row['errors']}", flush=True)
+            load_after = os.getloadavg()
         finally:
-            if standin:
-                standin.stop()
-        load_after = os.getloadavg()
+            for s in servers:
+                s.stop()
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     report = {
         "benchmark": "serving_load",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit,
+        "command": " ".join(["python benchmarks/serving_load.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": {"model": model_desc, "model_train_seconds": train_seconds, "clients": client_counts,
-                   "requests_per_client": args.requests, "batch": args.batch, "max_length": args.max_length,
+                   "requests_per_client": args.requests, "prompts_per_request": 1, "max_length": args.max_length,
                    "temperature": args.temperature, "seed": "request number (seeded: same text every run)",
-                   "warmup_requests": args.warmup, "url": args.url, "grpc": args.grpc, "standin": args.standin},
+                   "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms,
+                   "warmup_requests": args.warmup, "url": args.url},
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": load_after},
         "definitions": {
             "requests_per_second": "successful requests / wall seconds from the first to the last request",
             "chars_per_second": "new characters generated (sum of num_chars) / the same wall seconds",
             "latency_ms": "per-request wall time in the client thread (percentiles over all requests)",
-            "standin": "tests/serving_standin.py is a Python stand-in used by the tests, NOT TensorFlow Serving: "
-                       "no request batching, and it shares this process (and its GIL) with the clients",
+            "batching_off": "tfchargen serve --max-batch 1: each request runs alone, concurrently",
         },
         "results": results,
     }
+    for clients in client_counts:
+        rows = {r["target"]: r for r in results if r["clients"] == clients}
+        if "batching_on" in rows and "batching_off" in rows:
+            on, off = rows["batching_on"], rows["batching_off"]
+            report.setdefault("batching_speedup", {})[str(clients)] = {
+                "requests_per_second": round(on["requests_per_second"] / off["requests_per_second"], 2),
+                "p99_ms_on_vs_off": [round(on["latency_ms"]["p99"], 1), round(off["latency_ms"]["p99"], 1)]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
+    print(json.dumps(report.get("batching_speedup", {})))
     print(f"wrote {args.out}")
 
 

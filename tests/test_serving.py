@@ -4,8 +4,9 @@ No TF Serving binary can be installed here, so: the SignatureDefs are checked ag
 TF Serving's Predict API and request batching need; the warmup file is read back and
 replayed through the SavedModel (TF2 loader and the session loader TF Serving uses) in a
 fresh process; the server config files are parsed as the protos TF Serving reads; and the
-REST/gRPC clients are run against a STAND-IN server (tests/serving_standin.py) that follows
-TF Serving's documented wire formats. None of this runs TF Serving itself.
+REST/gRPC clients are run against `tfchargen serve` (tfchargen/server.py), which follows
+TF Serving's documented wire formats; retries and timeouts go through a fault-injecting
+proxy (tests/faults.py). None of this runs TF Serving itself.
 """
 
 import json
@@ -20,33 +21,45 @@ import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 from conftest import ROOT, run_cli
-from serving_standin import Standin
+from faults import INJECTED, FaultProxy
 from tfchargen import client as client_lib
 from tfchargen import warmup as warmup_lib
 from tfchargen.client import GrpcClient, RestClient, ServingError
+from tfchargen.server import Server
 
 SIGNATURES = ("serving_default", "generate", "score", "start", "continue")
 SERVING = ROOT / "serving"
 
 
 @pytest.fixture(scope="module")
-def standin(tiny_model):
-    server = Standin(str(tiny_model)).start()
-    yield server
-    server.stop()
+def server(tiny_model):
+    """`tfchargen serve` in this process (the subprocess and CLI are tests/test_server.py's)."""
+    with Server(str(tiny_model), "chargen", port=0, grpc_port=0) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def proxy(server):
+    with FaultProxy(server.rest_url, server.grpc_target) as p:
+        yield p
 
 
 @pytest.fixture(autouse=True)
-def _reset_standin(request):
+def _reset_proxy(request):
     yield
-    if "standin" in request.fixturenames:
-        request.getfixturevalue("standin").model.reset()
+    if "proxy" in request.fixturenames:
+        request.getfixturevalue("proxy").reset()
 
 
-def local_generate(standin, prompts, max_length=30):
+@pytest.fixture(scope="module")
+def loaded(version_dir):
+    return tf.saved_model.load(str(version_dir))
+
+
+def local_generate(loaded, prompts, max_length=30):
     """The SavedModel's generate signature, called directly (greedy)."""
     n = len(prompts)
-    out = standin.model.loaded.signatures["generate"](
+    out = loaded.signatures["generate"](
         prompt=tf.constant(prompts), max_length=tf.fill([n], max_length), temperature=tf.zeros([n]),
         top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]), seed=tf.zeros([n], tf.int64))
     return {k: v.numpy() for k, v in out.items()}
@@ -199,22 +212,22 @@ def test_server_config_files_parse_as_tf_serving_protos():
     assert "path: /v1/models/chargen" in (SERVING / "k8s.yaml").read_text()
 
 
-# ------------------------------------------------------------------ clients against the stand-in
+# ------------------------------------------------------------ clients against tfchargen serve
 
 PROMPTS = ["Today ", "On Sunday ", "", "日本 ☃"]
 
 
-def clients(standin, **kwargs):
-    return {"rest-columnar": RestClient(standin.rest_url, request_format="columnar", **kwargs),
-            "rest-row": RestClient(standin.rest_url, request_format="row", **kwargs),
-            "grpc": GrpcClient(standin.grpc_target, **kwargs)}
+def clients(server, **kwargs):
+    return {"rest-columnar": RestClient(server.rest_url, request_format="columnar", **kwargs),
+            "rest-row": RestClient(server.rest_url, request_format="row", **kwargs),
+            "grpc": GrpcClient(server.grpc_target, **kwargs)}
 
 
 @pytest.mark.slow
-def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(standin):
-    want = local_generate(standin, PROMPTS)
-    want_score = {k: v.numpy() for k, v in standin.model.loaded.signatures["score"](text=tf.constant(PROMPTS)).items()}
-    for name, c in clients(standin).items():
+def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(server, loaded):
+    want = local_generate(loaded, PROMPTS)
+    want_score = {k: v.numpy() for k, v in loaded.signatures["score"](text=tf.constant(PROMPTS)).items()}
+    for name, c in clients(server).items():
         got = c.generate(PROMPTS, max_length=30, temperature=0.0)
         assert list(got["text"]) == list(want["text"]), name
         assert list(got["continuation"]) == list(want["continuation"]), name
@@ -232,35 +245,35 @@ def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(standin):
 
 
 @pytest.mark.slow
-def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(standin):
+def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(server, loaded):
     assert client_lib._json_value([b"To\xffday", "ok"], False) == [{"b64": "VG//ZGF5"}, "ok"]
     assert client_lib._json_value(["ok"], True) == [{"b64": "b2s="}]
     assert client_lib._from_json([{"b64": "VG//ZGF5"}, "é"]) == [b"To\xffday", "é".encode()]
-    want = local_generate(standin, [b"To\xffday"], max_length=10)["text"][0]
+    want = local_generate(loaded, [b"To\xffday"], max_length=10)["text"][0]
     assert want.decode("utf-8").startswith("To\ufffdday")
-    for c in (RestClient(standin.rest_url), RestClient(standin.rest_url, request_format="row"),
-              RestClient(standin.rest_url, always_b64=True), GrpcClient(standin.grpc_target)):
+    for c in (RestClient(server.rest_url), RestClient(server.rest_url, request_format="row"),
+              RestClient(server.rest_url, always_b64=True), GrpcClient(server.grpc_target)):
         assert c.generate([b"To\xffday"], max_length=10, temperature=0.0)["text"][0] == want
 
 
 @pytest.mark.slow
-def test_retries_on_unavailable_then_succeed(standin):
-    for name, c in clients(standin, retries=3, backoff=0.01).items():
-        standin.model.reset()
-        standin.model.fail_next(2)
+def test_retries_on_unavailable_then_succeed(proxy):
+    for name, c in clients(proxy, retries=3, backoff=0.01).items():
+        proxy.reset()
+        proxy.fail_next = 2
         out = c.generate(["Today "], max_length=5, temperature=0.0)
-        assert len(out["text"]) == 1 and standin.model.predict_calls == 3, name
+        assert len(out["text"]) == 1 and proxy.calls == 3, name
 
 
 @pytest.mark.slow
-def test_exhausted_retries_give_a_clear_error(standin):
-    for name, c in clients(standin, retries=1, backoff=0.01).items():
-        standin.model.reset()
-        standin.model.fail_next(10)
-        with pytest.raises(ServingError, match=r"simulated UNAVAILABLE.*gave up after 2 attempts") as e:
+def test_exhausted_retries_give_a_clear_error(proxy):
+    for name, c in clients(proxy, retries=1, backoff=0.01).items():
+        proxy.reset()
+        proxy.fail_next = 10
+        with pytest.raises(ServingError, match=INJECTED + ".*gave up after 2 attempts") as e:
             c.generate(["Today "], max_length=5)
         assert e.value.retryable and e.value.code in ("UNAVAILABLE", "HTTP 503"), name
-        assert standin.model.predict_calls == 2
+        assert proxy.calls == 2
     with pytest.raises(ServingError, match="cannot connect.*gave up after 2 attempts"):
         RestClient("http://127.0.0.1:9", retries=1, backoff=0.01).generate(["x"])
     with pytest.raises(ServingError, match="UNAVAILABLE.*gave up after 2 attempts"):
@@ -268,51 +281,51 @@ def test_exhausted_retries_give_a_clear_error(standin):
 
 
 @pytest.mark.slow
-def test_invalid_control_is_an_error_with_the_graphs_message(standin):
-    for name, c in clients(standin).items():
+def test_invalid_control_is_an_error_with_the_graphs_message(server):
+    for name, c in clients(server).items():
         with pytest.raises(ServingError, match=r"top_p must be in \(0, 1\]") as e:
             c.generate(["Today ", "x"], top_p=2.0)
         assert e.value.code in ("INVALID_ARGUMENT", "HTTP 400") and not e.value.retryable, name
     with pytest.raises(ServingError, match="HTTP 404.*Servable not found for request: Specific"):
-        RestClient(standin.rest_url, version=7).generate(["x"])
+        RestClient(server.rest_url, version=7).generate(["x"])
     with pytest.raises(ServingError, match="NOT_FOUND"):
-        GrpcClient(standin.grpc_target, model_name="other").generate(["x"])
+        GrpcClient(server.grpc_target, model_name="other").generate(["x"])
     with pytest.raises(ServingError, match="(?s)HTTP 400.*one value per prompt"):
-        RestClient(standin.rest_url).generate(["a", "b"], seed=[1, 2, 3])
+        RestClient(server.rest_url).generate(["a", "b"], seed=[1, 2, 3])
 
 
 @pytest.mark.slow
-def test_timeout_is_honoured_and_not_retried(standin):
-    standin.model.delay_s = 3.0
-    for name, c in clients(standin, timeout=0.5, retries=3).items():
-        standin.model.predict_calls = 0
+def test_timeout_is_honoured_and_not_retried(proxy):
+    proxy.delay_s = 3.0
+    for name, c in clients(proxy, timeout=0.5, retries=3).items():
+        proxy.calls = 0
         t = time.monotonic()
         with pytest.raises(ServingError, match="timeout"):
             c.generate(["Today "], max_length=5)
         assert time.monotonic() - t < 2.0, name
-        assert standin.model.predict_calls == 1, name
+        assert proxy.calls == 1, name
 
 
 @pytest.mark.slow
-def test_model_status(standin):
-    rest = RestClient(standin.rest_url).status()
+def test_model_status(server):
+    rest = RestClient(server.rest_url).status()
     assert rest["model_version_status"][0]["state"] == "AVAILABLE"
     assert rest["model_version_status"][0]["version"] == "1"
-    grpc_status = GrpcClient(standin.grpc_target).status()
+    grpc_status = GrpcClient(server.grpc_target).status()
     assert grpc_status["model_version_status"][0]["state"] == "AVAILABLE"
 
 
 @pytest.mark.slow
-def test_cli_generate_against_a_server(standin):
-    want = local_generate(standin, ["Today ", "On Sunday "], max_length=20)
-    for server in (["--server", standin.rest_url], ["--server", standin.grpc_target, "--protocol", "grpc"]):
-        r = run_cli("generate", *server, "--model-name", "chargen", "--prompt", "Today ", "--prompt", "On Sunday ",
+def test_cli_generate_against_a_server(server, loaded):
+    want = local_generate(loaded, ["Today ", "On Sunday "], max_length=20)
+    for address in (["--server", server.rest_url], ["--server", server.grpc_target, "--protocol", "grpc"]):
+        r = run_cli("generate", *address, "--model-name", "chargen", "--prompt", "Today ", "--prompt", "On Sunday ",
                     "--max-length", 20, "--temperature", 0, "--json", "--timeout", 60)
         assert r.returncode == 0, r.stderr[-2000:]
         rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
         assert [row["text"] for row in rows] == [t.decode() for t in want["text"]]
         assert [row["num_chars"] for row in rows] == list(want["num_chars"])
-    r = run_cli("generate", "--server", standin.rest_url, "--top-p", 2)
+    r = run_cli("generate", "--server", server.rest_url, "--top-p", 2)
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("generate", "--server", standin.rest_url, "--model", "x")
+    r = run_cli("generate", "--server", server.rest_url, "--model", "x")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr

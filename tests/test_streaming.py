@@ -303,22 +303,24 @@ def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(export_base
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_client_stream_retries_a_chunk_without_repeating_text(export_base, protocol):
-    from serving_standin import Standin
+    from faults import FaultProxy
 
     from tfchargen.client import GrpcClient, RestClient
+    from tfchargen.server import Server
 
-    with Standin(str(export_base)) as server:
-        client = (RestClient(server.rest_url, backoff=0.01) if protocol == "rest"
-                  else GrpcClient(server.grpc_target, backoff=0.01))
+    with Server(str(export_base), "chargen", port=0, grpc_port=0) as server, \
+            FaultProxy(server.rest_url, server.grpc_target) as proxy:
+        client = (RestClient(proxy.rest_url, backoff=0.01) if protocol == "rest"
+                  else GrpcClient(proxy.grpc_target, backoff=0.01))
         with client:
             kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
             clean = list(client.stream("Today ", **kw))
             it = client.stream("Today ", **kw)
             faulty = [next(it), next(it)]
-            server.model.fail_next(2)  # the next chunk's first two attempts fail: UNAVAILABLE
-            calls = server.model.predict_calls
+            proxy.fail_next = 2  # the next chunk's first two attempts fail: UNAVAILABLE
+            calls = proxy.calls
             faulty += list(it)
-            assert server.model.predict_calls - calls == len(clean) - 2 + 2
+            assert proxy.calls - calls == len(clean) - 2 + 2
     assert faulty == clean and len(clean) == 8
     assert len("".join(clean)) == 6 + 120
     loaded = tf.saved_model.load(str(export_base / "1"))

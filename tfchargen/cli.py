@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "arrives (the start and continue signatures; --max-length may exceed 2048)")
     gen.add_argument("--chunk", type=int, default=32, help="new characters per chunk with --stream (default 32)")
 
+    from . import server  # its flags; TensorFlow loads only when `serve` runs
+    server.add_arguments(command("serve", help="serve an export base over TF Serving's REST and gRPC APIs"))
+
     e = command("evaluate", help="held-out nats/char of a trained run or exported model",
                 description="Print JSON metrics: nats/char, bits/char, perplexity, characters scored "
                 "(real characters plus <eos>, never padding).")
@@ -511,7 +514,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate}
+def cmd_serve(args) -> int:
+    quiet.import_tensorflow()
+    from . import server
+
+    return server.main(args)
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate,
+            "serve": cmd_serve}
 
 
 def main(argv=None) -> int:
