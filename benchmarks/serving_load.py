@@ -39,15 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-from train_throughput import machine_info  # noqa: E402
-
-from tfchargen.client import RestClient, ServingError  # noqa: E402
-
-DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "ag_news_csv", "test.csv")
+import common  # next to this script
+from common import DEFAULT_DATA, REPO
+from tfchargen.client import RestClient, ServingError
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
 
 
@@ -178,7 +172,7 @@ def main(argv=None):
     p.add_argument("--batch-timeout-ms", type=float, default=2.0)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=3, help="requests per target before measuring")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "serving_load.json"))
+    p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
     args.batch = 1
     client_counts = [int(c) for c in args.clients.split(",")]
@@ -226,19 +220,13 @@ def main(argv=None):
             for s in servers:
                 s.stop()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     report = {
         "benchmark": "serving_load",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "commit": commit,
-        "command": " ".join(["python benchmarks/serving_load.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": {"model": model_desc, "model_train_seconds": train_seconds, "clients": client_counts,
                    "requests_per_client": args.requests, "prompts_per_request": 1, "max_length": args.max_length,
                    "temperature": args.temperature, "seed": "request number (seeded: same text every run)",
                    "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms,
                    "warmup_requests": args.warmup, "url": args.url},
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": load_after},
         "definitions": {
             "requests_per_second": "successful requests / wall seconds from the first to the last request",
             "chars_per_second": "new characters generated (sum of num_chars) / the same wall seconds",
@@ -254,9 +242,8 @@ def main(argv=None):
             report.setdefault("batching_speedup", {})[str(clients)] = {
                 "requests_per_second": round(on["requests_per_second"] / off["requests_per_second"], 2),
                 "p99_ms_on_vs_off": [round(on["latency_ms"]["p99"], 1), round(off["latency_ms"]["p99"], 1)]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    machine = {**common.machine_info(), "loadavg_before": load_before, "loadavg_after": load_after}
+    common.write_result(args.out, report, machine=machine, argv=None if argv is None else [__file__, *argv])
     print(json.dumps(report.get("batching_speedup", {})))
     print(f"wrote {args.out}")
 
