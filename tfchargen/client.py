@@ -6,7 +6,8 @@
 Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
 lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
 ``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
-chunks: ``start`` then ``continue``), ``status()``. Outputs are numpy arrays
+chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s ``:stream`` first,
+one request for the whole stream), ``status()``. Outputs are numpy arrays
 like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
 
 Failures raise :class:`ServingError` with the server's own error text (e.g. the

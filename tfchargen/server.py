@@ -1048,6 +1048,13 @@ def stream_request(doc: dict, dtypes: dict) -> tuple[dict, int]:
     ``signature_name``, if given, must be ``generate``) plus an optional top-level ``"chunk"``
     (new characters per event, default streaming.DEFAULT_CHUNK). ``max_length`` may exceed
     MAX_NEW_CHARS: only each chunk is bound by it.
+
+    >>> import tensorflow as tf
+    >>> dtypes = {k: tf.as_dtype(v) for k, v in contract.GENERATE_INPUTS.items()}
+    >>> row = dict(prompt="Today ", max_length=3000, temperature=0.8, top_k=0, top_p=1.0, seed=7)
+    >>> inputs, chunk = stream_request({"instances": [row], "chunk": 64}, dtypes)
+    >>> inputs["max_length"].tolist(), chunk
+    ([3000], 64)
     """
     from .streaming import DEFAULT_CHUNK
 
@@ -1085,7 +1092,11 @@ def _typed(inputs: dict, dtypes: dict) -> dict:
 
 
 def sse_event(data: dict, event: str | None = None) -> bytes:
-    """One server-sent event: ``event: NAME`` (optional), ``data: JSON``, a blank line."""
+    """One server-sent event: ``event: NAME`` (optional), ``data: JSON``, a blank line.
+
+    >>> sse_event({"index": 0, "num_chars": 3}, "done")
+    b'event: done\\ndata: {"index": 0, "num_chars": 3}\\n\\n'
+    """
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
 
