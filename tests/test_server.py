@@ -1,12 +1,14 @@
 """`tfchargen serve` as users run it: a subprocess on free ports over a real tiny export,
 called over REST and gRPC (status, metadata, row and columnar predict, errors and their
 codes), a new version exported while it serves, batching under 16 concurrent clients
-compared with the SavedModel in this process, hostile requests, SIGTERM, and the page in
-a headless browser."""
+compared with the SavedModel in this process, hostile requests, SIGTERM, `:stream`'s
+server-sent events, and the page in a headless browser."""
 
+import base64
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -25,8 +27,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
-from conftest import ROOT, run_cli
 import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
+from conftest import ROOT, run_cli, skip_or_fail
 from tfchargen import contract
 from tfchargen import warmup as warmup_lib
 from tfchargen.client import GrpcClient, RestClient, ServingError
@@ -192,7 +194,7 @@ def test_errors_have_tf_servings_codes(server):
         ("POST", f"{u}/chargen/versions/9:predict", {"instances": ["x"]}, 404, "Specific(chargen, 9)"),
         ("GET", f"{u}/chargen/versions/9", None, 404, "Servable not found"),
         ("GET", f"{server.url}/nowhere", None, 404, "Malformed request"),
-        ("POST", f"{u}/chargen:stream", {"prompt": "x"}, 404, "no streaming signatures"),
+        ("POST", f"{u}/chargen:stream", {"prompt": "x"}, 400, "Missing 'inputs' or 'instances' key"),
     ]
     for method, url, body, want_status, want_text in cases:
         status, reply = http_json(method, url, body)
@@ -301,7 +303,7 @@ def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_reque
         for t in threads:
             t.join()
     assert failures == [] and done[0] > 0
-    records = len(warmup_lib.read_warmup(str(base / "2")))
+    records = len(warmup_lib.read_warmup(str(base / "2")))  # every signature's, start and continue too
     assert records > 0 and server.log(rf"loaded chargen version 2 \({records} warmup requests")
     assert server.log(r"unloaded chargen version 1")
     out = RestClient(server.url).predict({"prompt": ["Today "]})  # version 2's default max_length 3
@@ -359,27 +361,250 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_model):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install -y chromium)")
-def test_the_page_generates_in_a_headless_browser(server, loaded, tmp_path):
+def sse(body, url):
+    """POST body to url's :stream -> (status, content type, [(event, data)] or the JSON error)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            status, ctype, raw = r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), json.loads(e.read())
+    events = []
+    for block in raw.split("\n\n"):
+        if not block:
+            continue
+        lines = block.split("\n")
+        name = next((line[6:].strip() for line in lines if line.startswith("event:")), None)
+        events.append((name, json.loads("\n".join(line[5:] for line in lines if line.startswith("data:")))))
+    return status, ctype, events
+
+
+def by_row(events, n):
+    """[(text, continuation, data events, done event)] per row of a :stream reply."""
+    rows = []
+    for i in range(n):
+        data = [d for e, d in events if e is None and d["index"] == i]
+        (done,) = [d for e, d in events if e == "done" and d["index"] == i]
+        rows.append(("".join(d["text"] for d in data), "".join(d["continuation"] for d in data), data, done))
+    return rows
+
+
+def test_stream_events_concatenate_to_generate_for_rows_and_columns(server, loaded):
+    rows = [dict(prompt=p, max_length=n, temperature=t, top_k=k, top_p=tp, seed=sd)
+            for p, n, t, k, tp, sd in [("Today ", 40, 0.0, 0, 1.0, 0), ("On Sunday ", 33, 0.9, 5, 1.0, 5),
+                                       ("", 25, 1.2, 0, 0.9, 11)]]
+    want = local(loaded, rows)
+    url = f"{server.url}/v1/models/chargen:stream"
+    for body in ({"signature_name": "generate", "instances": rows, "chunk": 7},
+                 {"inputs": {k: [r[k] for r in rows] for k in rows[0]}, "chunk": 7}):
+        status, ctype, events = sse(body, url)
+        assert status == 200 and ctype.startswith("text/event-stream"), (status, events)
+        assert [e for e, _ in events[-3:]] == ["done"] * 3  # the totals come last
+        for (text, continuation, data, done), w, r in zip(by_row(events, 3), want, rows):
+            assert text == w["text"].decode() and continuation == w["continuation"].decode()
+            assert len(data) == -(-w["num_chars"] // 7) and all(d["num_chars"] <= 7 for d in data)
+            assert done["num_chars"] == w["num_chars"] and done["ended_with_eos"] == w["ended_with_eos"]
+            np.testing.assert_allclose(done["log_prob"], w["log_prob"], rtol=1e-5, atol=1e-4)
+    # One row, the default chunk; generate's own max_length cap does not apply to a stream.
+    status, _, events = sse({"instances": [dict(rows[0], max_length=2500)]}, url)
+    (text, _, data, done), = by_row(events, 1)
+    first = local(loaded, [dict(rows[0], max_length=2048)])[0]
+    assert status == 200 and text.startswith(first["text"].decode())
+    assert done["num_chars"] == 2500 or done["ended_with_eos"], done
+    assert len(text) == len("Today ") + done["num_chars"] and len(data) == -(-done["num_chars"] // 32)
+    assert server.log(r"^POST /v1/models/chargen:stream 200 rows=3 events=\d+ [\d.]+ms$")
+
+
+def test_stream_refuses_bad_requests_before_any_event(server):
+    url = f"{server.url}/v1/models/chargen:stream"
+    row = dict(prompt="x", max_length=5, temperature=1.0, top_k=0, top_p=1.0, seed=0)
+    for body, want in [({"instances": [dict(row, top_p=2.0)]}, contract.MSG_TOP_P),
+                       ({"instances": [dict(row, max_length=-1)]}, contract.MSG_MAX_LENGTH_LOW),
+                       ({"instances": [row], "chunk": 0}, "'chunk' must be an integer in 1..2048"),
+                       ({"instances": [row], "chunk": 4096}, "'chunk' must be an integer in 1..2048"),
+                       ({"instances": [row], "signature_name": "score"}, ":stream runs the generate signature"),
+                       ({"instances": [{"prompt": "x"}]}, "keys must be equal to")]:
+        status, ctype, reply = sse(body, url)
+        assert status == 400 and ctype == "application/json" and want in reply["error"], (body, reply)
+    status, _, reply = sse({"instances": [row]}, f"{server.url}/v1/models/other:stream")
+    assert status == 404 and "Servable not found" in reply["error"]
+
+
+def test_a_client_that_disconnects_mid_stream_leaves_the_server_serving(server):
+    body = json.dumps({"instances": [dict(prompt="Today ", max_length=100_000, temperature=0.0, top_k=0,
+                                          top_p=1.0, seed=0)], "chunk": 1}).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+        s.sendall(b"POST /v1/models/chargen:stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        got = b""
+        while b"\n\n" not in got.partition(b"\r\n\r\n")[2]:  # the headers and the first event
+            data = s.recv(4096)
+            assert data, got
+            got += data
+        assert b" 200 " in got.split(b"\r\n")[0] and b"text/event-stream" in got
+    deadline = time.monotonic() + 60  # the server notices at its next writes and stops that stream
+    while time.monotonic() < deadline and not server.log(r"^POST /v1/models/chargen:stream 499 "):
+        time.sleep(0.2)
+    (line,) = server.log(r"^POST /v1/models/chargen:stream 499 ")
+    assert int(re.search(r"events=(\d+)", line).group(1)) < 100_000
+    assert RestClient(server.url, retries=0).generate(["Today "], max_length=5)["num_chars"][0] <= 5
+    status, _, events = sse({"instances": [dict(prompt="x", max_length=3, temperature=0.0, top_k=0, top_p=1.0,
+                                                seed=0)]}, f"{server.url}/v1/models/chargen:stream")
+    assert status == 200 and events[-1][0] == "done"
+
+
+def test_generate_stream_through_the_server_prints_what_generate_prints(server):
+    args = ["generate", "--server", server.url, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21,
+            "--max-length", 150]
+    one = run_cli(*args)
+    before = len(server.log(r"^POST /v1/models/chargen:stream 200"))
+    streamed = run_cli(*args, "--stream", "--chunk", 16)
+    assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
+    assert streamed.stdout == one.stdout and len(one.stdout) > len("Today ") + 1
+    assert len(server.log(r"^POST /v1/models/chargen:stream 200")) == before + 1  # one request, not 10
+    # Streams as RestClient.stream yields them; the start/continue path gives the same chunks.
+    kw = dict(max_length=60, chunk=16, temperature=1.0, seed=4)
+    assert list(RestClient(server.url).stream("Today ", **kw)) == list(RestClient(server.url, sse=False)
+                                                                       .stream("Today ", **kw))
+
+
+def test_stream_is_404_for_a_model_without_start_and_continue(loaded, tmp_path):
+    from tfchargen.server import Server
+
+    base = tmp_path / "nostream"
+    tf.saved_model.save(loaded, str(base / "1"), signatures={k: loaded.signatures[k]
+                                                             for k in ("serving_default", "generate", "score")})
+    with Server(str(base), "chargen", port=0, grpc_port=None) as s:
+        row = dict(prompt="Today ", max_length=30, temperature=0.0, top_k=0, top_p=1.0, seed=0)
+        status, _, reply = sse({"instances": [row]}, f"{s.rest_url}/v1/models/chargen:stream")
+        assert status == 404 and "no streaming signatures (start, continue): use :predict" in reply["error"]
+        # RestClient.stream falls back to start/continue... which this model lacks: a clear error.
+        with pytest.raises(ServingError, match='Serving signature key "start" not found'):
+            list(RestClient(s.rest_url, retries=0).stream("Today "))
+        if CHROMIUM is None:
+            skip_or_fail("no chromium installed (apt-get install -y chromium); CI=true makes this a failure")
+        text, chunks, status = page_generate(f"{s.rest_url}/?{urllib.parse.urlencode({**row, 'run': 'generate'})}",
+                                             tmp_path / "profile")
+        assert text == local(loaded, [row])[0]["text"].decode() and status.endswith("(:predict)") and chunks == 0
+
+
+
+class Chromium:
+    """Headless chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
+    JSON commands on fd 3, replies on fd 4, each ending in a NUL byte), so a test can read the
+    page's DOM while a stream is still arriving (``--dump-dom`` reads it once, and
+    ``--virtual-time-budget`` does not wait for a response body that is still streaming).
+
+    >>> c = Chromium("/usr/bin/chromium", "/tmp/profile")  # doctest: +SKIP
+    >>> c.open("http://127.0.0.1:8501/"); c.eval("document.title")  # doctest: +SKIP
+    'tfchargen'
+    """
+
+    def __init__(self, binary, profile, size=(1000, 800)):
+        to_child, self._w = os.pipe()
+        self._r, from_child = os.pipe()
+
+        def fds():  # dup2 onto itself would keep the pipe's close-on-exec flag
+            for fd, target in ((os.dup(to_child), 3), (os.dup(from_child), 4)):
+                os.dup2(fd, target)
+
+        self.proc = subprocess.Popen([binary, "--headless", "--no-sandbox", "--disable-gpu",
+                                      "--remote-debugging-pipe", f"--user-data-dir={profile}",
+                                      f"--window-size={size[0]},{size[1]}", "about:blank"],
+                                     preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(to_child)
+        os.close(from_child)
+        self._id, self._buf, self.session = 0, b"", None
+
+    def send(self, method, timeout=60, **params):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}  # the reply has the same id
+        if self.session:
+            msg["sessionId"] = self.session
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return reply["result"]
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._r], [], [], left)[0]:
+                raise TimeoutError(f"no reply to {method}")
+            data = os.read(self._r, 1 << 20)
+            if not data:
+                raise RuntimeError("chromium exited")
+            self._buf += data
+
+    def open(self, url):
+        target = self.send("Target.createTarget", url=url)["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def eval(self, expression):
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def screenshot(self, path):
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self):
+        try:
+            self.session = None
+            self.send("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._w)
+        os.close(self._r)
+
+
+OUTPUT = "(o => [o.textContent, o.dataset.done || '', o.dataset.chunks || '', " \
+         "document.getElementById('status').textContent])(document.getElementById('output'))"
+
+
+def page_generate(url, profile, screenshot=None):
+    """Opens the page at url (which presses Generate) until it is done -> (text, chunks, status)."""
+    browser = Chromium(CHROMIUM, profile)
+    try:
+        browser.open(url)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            text, done, chunks, status = browser.eval(OUTPUT) or ("", "", "", "")
+            if done == "1":
+                break
+            time.sleep(0.05)
+        assert done == "1", (text, status)
+        if screenshot:
+            browser.screenshot(screenshot)
+        return text, int(chunks or 0), status
+    finally:
+        browser.close()
+
+
+def test_the_page_streams_in_a_headless_browser(server, loaded, tmp_path):
+    if CHROMIUM is None:
+        skip_or_fail("no chromium installed (apt-get install -y chromium); CI=true makes this a failure")
     status, html = http("GET", server.url + "/")
     assert status == 200 and b"<textarea" in html
     assert not re.search(rb'(src|href)\s*=|@import|https?://', html)  # self-contained: nothing from elsewhere
-    want = local(loaded, [dict(prompt="On Sunday ", max_length=40, temperature=0.0, top_k=0, top_p=1.0, seed=0)])[0]
+    row = dict(prompt="On Sunday ", max_length=300, temperature=0.8, top_k=0, top_p=1.0, seed=7)
+    want = local(loaded, [row])[0]
     # The page reads its controls from the query string and presses Generate itself.
-    url = f"{server.url}/?prompt=On%20Sunday%20&temperature=0&max_length=40&run=generate"
-    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-                        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url],
-                       capture_output=True, text=True, timeout=120)
-    m = re.search(r'<textarea id="output" readonly="" data-done="1">(.*?)</textarea>', r.stdout, re.S)
-    assert m, r.stdout[-2000:] + r.stderr[-2000:]
-    import html as html_lib
-    assert html_lib.unescape(m.group(1)) == want["text"].decode()
-    assert server.log(r"^POST /v1/models/chargen:stream 404")  # tried streaming, fell back to :predict
+    before = len(server.log(r"^POST /v1/models/chargen:stream 200"))
+    query = urllib.parse.urlencode({**row, "run": "generate"})
     shot = tmp_path / "serve.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-                    f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1000,820",
-                    f"--screenshot={shot}", f"{server.url}/?seed=7&max_length=60&run=table"],
-                   capture_output=True, timeout=120)
+    text, chunks, status = page_generate(f"{server.url}/?{query}", tmp_path / "profile", shot)
+    assert text == want["text"].decode(), status
+    assert status.endswith("(:stream)") and chunks == -(-want["num_chars"] // 16) > 1  # arrived in pieces
+    assert len(server.log(r"^POST /v1/models/chargen:stream 200")) == before + 1
     assert shot.exists() and shot.stat().st_size > 10_000
     if os.environ.get("TFCHARGEN_SAVE_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / "serve.png")

@@ -310,7 +310,7 @@ def test_client_stream_retries_a_chunk_without_repeating_text(export_base, proto
 
     with Server(str(export_base), "chargen", port=0, grpc_port=0) as server, \
             FaultProxy(server.rest_url, server.grpc_target) as proxy:
-        client = (RestClient(proxy.rest_url, backoff=0.01) if protocol == "rest"
+        client = (RestClient(proxy.rest_url, backoff=0.01, sse=False) if protocol == "rest"  # start/continue
                   else GrpcClient(proxy.grpc_target, backoff=0.01))
         with client:
             kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
@@ -321,6 +321,10 @@ def test_client_stream_retries_a_chunk_without_repeating_text(export_base, proto
             calls = proxy.calls
             faulty += list(it)
             assert proxy.calls - calls == len(clean) - 2 + 2
+        if protocol == "rest":  # :stream: one request, retried until it answers
+            proxy.fail_next, calls = 2, proxy.calls
+            assert list(RestClient(proxy.rest_url, backoff=0.01).stream("Today ", **kw)) == clean
+            assert proxy.calls - calls == 3
     assert faulty == clean and len(clean) == 8
     assert len("".join(clean)) == 6 + 120
     loaded = tf.saved_model.load(str(export_base / "1"))

@@ -334,7 +334,9 @@ def check_values(args) -> str | None:
     """The first flag value outside the SavedModel's contract, checked before anything loads."""
     if args.command == "generate":
         flags = dict(CONTROL_FLAGS, temperature="--temperatures" if args.temperatures else "--temperature")
-        return control_problem(flags, dict(max_length=args.max_length, temperature=args.temperatures or
+        # --stream: only each chunk is bound by MAX_NEW_CHARS, not --max-length.
+        length = min(args.max_length, MAX_NEW_CHARS) if args.stream else args.max_length
+        return control_problem(flags, dict(max_length=length, temperature=args.temperatures or
                                            args.temperature, top_k=args.top_k, top_p=args.top_p))
     if args.command in ("train", "export"):
         return control_problem(EXPORT_DEFAULT_FLAGS, {k: getattr(args, f"default_{k}") for k in CONTROL_FLAGS})

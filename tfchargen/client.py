@@ -6,7 +6,8 @@
 Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
 lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
 ``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
-chunks: ``start`` then ``continue``), ``status()``. Outputs are numpy arrays
+chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s ``:stream`` first,
+one request for the whole stream), ``status()``. Outputs are numpy arrays
 like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
 
 Failures raise :class:`ServingError` with the server's own error text (e.g. the
@@ -163,30 +164,51 @@ def _column(name: str, values: list) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
+def _sse(resp, url: str):
+    """(event name or None, data as JSON) of each server-sent event, as it arrives."""
+    event, data = None, []
+    try:
+        for raw in resp:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event, json.loads("\n".join(data))
+                event, data = None, []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+    except (OSError, http.client.HTTPException) as e:
+        raise ServingError(f"POST {url}: the stream broke off: {e!r}", "UNAVAILABLE") from e
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
 class RestClient(_Client):
     """TF Serving's REST API (default port 8501).
 
     ``request_format`` is ``"columnar"`` (``{"inputs": {name: [...]}}``, the default, compact)
     or ``"row"`` (``{"instances": [{name: value, ...}, ...]}``, or a plain list when the
-    signature has one input). ``timeout`` is seconds per attempt.
+    signature has one input). ``timeout`` is seconds per attempt. ``sse=False`` makes
+    :meth:`stream` use ``start``/``continue`` on ``:predict`` even where ``:stream`` exists.
     """
 
     def __init__(self, url: str, model_name: str = "chargen", version: int | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.1,
-                 request_format: str = "columnar", always_b64: bool = False):
+                 request_format: str = "columnar", always_b64: bool = False, sse: bool = True):
         if "://" not in url:
             url = "http://" + url
         if request_format not in ("columnar", "row"):
             raise ValueError("request_format must be 'columnar' or 'row'")
         self.url, self.model_name, self.version = url.rstrip("/"), model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self.request_format, self.always_b64 = request_format, always_b64
+        self.request_format, self.always_b64, self.sse = request_format, always_b64, sse
 
     def _model_url(self) -> str:
         url = f"{self.url}/v1/models/{self.model_name}"
         return url if self.version is None else f"{url}/versions/{int(self.version)}"
 
-    def _request(self, method: str, url: str, body: dict | None = None) -> dict:
+    def _request(self, method: str, url: str, body: dict | None = None, keep: list | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode("utf-8")
         last = None
         for attempt in range(self.retries + 1):
@@ -195,6 +217,9 @@ class RestClient(_Client):
             req = urllib.request.Request(url, data=data, method=method,
                                          headers={"Content-Type": "application/json"})
             try:
+                if keep is not None:  # the caller reads the body (and closes it)
+                    keep.append(urllib.request.urlopen(req, timeout=self.timeout))
+                    return {}
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                     return json.loads(resp.read().decode("utf-8"))
             except urllib.error.HTTPError as e:
@@ -247,6 +272,42 @@ class RestClient(_Client):
     def status(self) -> dict:
         """GET /v1/models/NAME[/versions/N]: the GetModelStatusResponse as JSON."""
         return self._request("GET", self._model_url())
+
+    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+        """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
+        request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
+        nor does a model without ``start``/``continue`` (404) or an older server (501); those
+        stream through ``start``/``continue`` on ``:predict``, with its per-chunk retries.
+        ``:stream`` is retried like any request until its first event arrives; a connection
+        lost after that is a ServingError (the text so far has been yielded)."""
+        if not self.sse:
+            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            return
+        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        inputs = {"prompt": [_json_value(_as_bytes(prompt), self.always_b64)]}
+        inputs.update({k: [_json_value(GENERATE_DEFAULTS[k] if v is None else v, False)]
+                       for k, v in controls.items()})
+        body = {"signature_name": "generate", "inputs": inputs, "chunk": chunk}
+        url = self._model_url() + ":stream"
+        try:
+            resp = self._open("POST", url, body)
+        except ServingError as e:
+            if e.code not in ("HTTP 404", "HTTP 501") or "Servable not found" in str(e):
+                raise
+            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            return
+        with resp:
+            for event, data in _sse(resp, url):
+                if event == "error":
+                    raise ServingError(f"POST {url}: {data.get('error')}", "STREAM")
+                if event is None and "text" in data:
+                    yield data["text"]
+
+    def _open(self, method: str, url: str, body: dict):
+        """The open response of a request (for reading as it arrives), with _request's retries."""
+        holder = []
+        self._request(method, url, body, keep=holder)
+        return holder[0]
 
 
 # --------------------------------------------------------------------------------------- gRPC

@@ -12,8 +12,9 @@ clients, ``curl``) works unchanged:
   ``GET /v1/models/NAME[/versions/N]`` (status), ``GET .../metadata`` (signature_def),
   ``POST /v1/models/NAME[/versions/N]:predict`` with row (``instances``) or columnar
   (``inputs``) JSON, ``{"b64": ...}`` strings; errors ``{"error": "..."}`` with TF Serving's
-  status -> HTTP mapping. ``POST ...:stream`` streams one generation as server-sent events
-  when the model has ``start``/``continue`` signatures (404 otherwise). ``GET /`` is a page
+  status -> HTTP mapping. ``POST ...:stream`` (ours, not TF Serving's) takes a ``generate``
+  request and answers its text as server-sent events, chunk by chunk, when the model has
+  ``start``/``continue`` signatures (404 otherwise; :func:`sse_events`). ``GET /`` is a page
   to try the model.
 * gRPC: ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) and
   ``ModelService/GetModelStatus`` with the ``tensorflow-serving-api`` protos; errors are gRPC
@@ -55,7 +56,8 @@ from . import contract
 LIMITS = dict(
     max_body_bytes=8 << 20,   # a REST body (HTTP 413 above) or a gRPC message
     max_rows=1024,            # rows per request (InvalidArgument above)
-    max_connections=64,       # concurrent REST connections and gRPC calls (503 / RESOURCE_EXHAUSTED above)
+    max_connections=64,       # concurrent REST connections (a :stream holds one) and gRPC calls (503 /
+                              # RESOURCE_EXHAUSTED above)
     read_timeout_s=30.0,      # a client must send its whole request within this (then 408)
     shutdown_grace_s=10.0,    # on SIGTERM, in-flight requests get this long to finish
 )
@@ -972,14 +974,48 @@ class RestHandler(BaseHTTPRequestHandler):
             self._end()
 
     def _stream(self, servable: Servable, doc: dict) -> None:
-        """``:stream``: one generation as server-sent events (``data: {"text": chunk}`` ...
-        then ``event: done``), through the model's ``start``/``continue`` signatures."""
+        """``:stream``: ``generate``'s request answered as server-sent events, chunk by chunk,
+        through the model's ``start``/``continue`` signatures (:func:`stream_request`,
+        :func:`sse_events`). A bad request is a JSON error before any event; the connection
+        closes after the last event. A client that goes away stops its generation."""
         if not servable.has_streaming():
             raise ServerError("NOT_FOUND", f"{self.server.manager.name} version {servable.version} has no "
                               f"streaming signatures ({', '.join(STREAM_SIGNATURES)}): use :predict")
-        # The start/continue contract is defined with those signatures; until then a model
-        # that has them is refused rather than streamed the wrong way.
-        raise ServerError("UNIMPLEMENTED", "streaming through start/continue is not implemented by this server")
+        inputs, chunk = stream_request(doc, servable.inputs[servable.signature("generate")])
+        self._rows = len(inputs["prompt"])
+        events = sse_events(lambda name, x: servable.predict(name, _typed(x, servable.inputs[name])), inputs, chunk)
+        first = next(events)  # runs `start`: its error is still an HTTP error
+        self._status = 200
+        sent = 0
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")  # the body ends when the connection does
+            self.close_connection = True
+            self.end_headers()
+            self.wfile.write(first)
+            sent += 1
+            for event in events:
+                if self.server.draining.is_set():
+                    self.wfile.write(sse_event({"error": "the server is shutting down"}, "error"))
+                    break
+                self.wfile.write(event)
+                sent += 1
+        except ServerError as e:  # a later chunk failed: the client gets it as the last event
+            self._write_quietly(sse_event({"error": e.message}, "error"))
+        except (ConnectionError, TimeoutError):  # the client went away (or stopped reading)
+            self._status = 499  # nginx's "client closed request", as TF Serving's CANCELLED
+        finally:
+            events.close()  # no more chunks are computed for this client
+            self._rows = f"{self._rows} events={sent}"
+            self._done()
+
+    def _write_quietly(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+        except (ConnectionError, TimeoutError):
+            pass
 
     do_HEAD = do_GET
 
@@ -1000,6 +1036,98 @@ def parse_json_body(body: bytes) -> dict:
     if not isinstance(doc, dict):
         raise ServerError("INVALID_ARGUMENT", "JSON Value: the request body is not an object")
     return doc
+
+
+# ------------------------------------------------------------------------------ :stream
+
+
+def stream_request(doc: dict, dtypes: dict) -> tuple[dict, int]:
+    """A ``:stream`` body -> (``generate``'s inputs as [B] arrays, chunk size).
+
+    The body is a ``generate`` ``:predict`` body (``instances`` or ``inputs``;
+    ``signature_name``, if given, must be ``generate``) plus an optional top-level ``"chunk"``
+    (new characters per event, default streaming.DEFAULT_CHUNK). ``max_length`` may exceed
+    MAX_NEW_CHARS: only each chunk is bound by it.
+
+    >>> import tensorflow as tf
+    >>> dtypes = {k: tf.as_dtype(v) for k, v in contract.GENERATE_INPUTS.items()}
+    >>> row = dict(prompt="Today ", max_length=3000, temperature=0.8, top_k=0, top_p=1.0, seed=7)
+    >>> inputs, chunk = stream_request({"instances": [row], "chunk": 64}, dtypes)
+    >>> inputs["max_length"].tolist(), chunk
+    ([3000], 64)
+    """
+    from .streaming import DEFAULT_CHUNK
+
+    doc = dict(doc)
+    signature_name = doc.pop("signature_name", "generate")
+    if signature_name not in ("generate", ""):
+        raise ServerError("INVALID_ARGUMENT", f":stream runs the generate signature (start/continue), "
+                          f"not {str(signature_name)[:100]!r}")
+    chunk = doc.pop("chunk", DEFAULT_CHUNK)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= contract.MAX_NEW_CHARS:
+        raise ServerError("INVALID_ARGUMENT", f"'chunk' must be an integer in 1..{contract.MAX_NEW_CHARS}, "
+                          f"got {json.dumps(chunk)[:100]}")
+    tensors, _ = request_tensors(doc, dtypes)
+    # The graph's checks, on max_length as the first chunk asks for it.
+    first = dict(tensors)
+    length = first.get("max_length")
+    if isinstance(length, np.ndarray) and length.ndim == 1 and length.dtype == np.int32:
+        first["max_length"] = np.minimum(length, contract.MAX_NEW_CHARS).astype(np.int32)
+    if not len(check_inputs(first, dtypes)["prompt"]):
+        raise ServerError("INVALID_ARGUMENT", "no rows to stream")
+    return tensors, chunk
+
+
+def _typed(inputs: dict, dtypes: dict) -> dict:
+    """streaming.chunks' inputs (lists or arrays) as the signature's numpy dtypes."""
+    out = {}
+    for k, v in inputs.items():
+        if dtypes[k].name == "string":
+            arr = np.empty(len(v), object)
+            arr[:] = list(v)
+            out[k] = arr
+        else:
+            out[k] = np.asarray(v, dtype=dtypes[k].as_numpy_dtype)
+    return out
+
+
+def sse_event(data: dict, event: str | None = None) -> bytes:
+    """One server-sent event: ``event: NAME`` (optional), ``data: JSON``, a blank line.
+
+    >>> sse_event({"index": 0, "num_chars": 3}, "done")
+    b'event: done\\ndata: {"index": 0, "num_chars": 3}\\n\\n'
+    """
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+
+
+def sse_events(predict, inputs: dict, chunk: int):
+    """The events of one ``:stream`` request: per chunk, one ``data`` event per row that
+    produced text, ``{"index", "text", "continuation", "num_chars"}`` (the first chunk's
+    ``text`` starts with the row's normalized prompt, so the ``text`` fields concatenated are
+    ``generate``'s ``text``); then one ``event: done`` per row with its totals,
+    ``{"index", "num_chars", "ended_with_eos", "log_prob"}``. Chunks come from
+    :func:`tfchargen.streaming.chunks` over ``predict(signature, inputs)``.
+    """
+    from .streaming import chunks
+
+    n = len(inputs["prompt"])
+    controls = {k: inputs[k] for k in contract.CONTROLS}
+    total = np.zeros(n, np.int64)
+    log_prob = np.zeros(n, np.float64)
+    ended = np.zeros(n, bool)
+    for i, out in enumerate(chunks(predict, list(inputs["prompt"]), chunk=chunk, **controls)):
+        total += out["num_chars"]
+        log_prob += out["log_prob"]
+        ended |= out["ended_with_eos"]
+        for row in range(n):
+            if out["num_chars"][row] or (i == 0 and out["text"][row]):
+                yield sse_event({"index": row, "text": out["text"][row].decode("utf-8", "replace"),
+                                 "continuation": out["continuation"][row].decode("utf-8", "replace"),
+                                 "num_chars": int(out["num_chars"][row])})
+    for row in range(n):
+        yield sse_event({"index": row, "num_chars": int(total[row]), "ended_with_eos": bool(ended[row]),
+                         "log_prob": float(np.float32(log_prob[row]))}, "done")
 
 
 # ------------------------------------------------------------------------------ gRPC

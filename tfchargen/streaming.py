@@ -6,9 +6,10 @@
 
 ``predict(signature, inputs)`` is any function that runs one signature on [B] inputs and
 returns numpy outputs: a local SavedModel's (:func:`local_predict`) or a TF Serving client's
-``predict`` (client.py's ``stream`` uses this). The server keeps nothing between chunks: each
-row's ``state_bytes`` comes back with its chunk and goes out with the next request, so a
-retried request (after UNAVAILABLE) returns the same chunk again and never repeats text.
+``predict`` (client.py's ``stream`` uses this where the server has no ``:stream``;
+``tfchargen serve``'s ``:stream`` runs it over its own signatures). The server keeps nothing
+between chunks: each row's ``state_bytes`` comes back with its chunk and goes out with the
+next request, so a retried request (after UNAVAILABLE) returns the same chunk again and never repeats text.
 Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
 """
 
@@ -99,16 +100,16 @@ def cli_stream(args) -> int:
     from .seeds import row_seed
 
     # The one row is row 0 of `generate`'s rule, so --stream prints what generate prints.
-    run = lambda predict: chunks(predict, [prompts[0].encode("utf-8")], args.max_length, args.chunk,  # noqa: E731
-                                 args.temperature, args.top_k, args.top_p, row_seed(args.seed, 0))
+    prompt, seed = prompts[0].encode("utf-8"), row_seed(args.seed, 0)
     if args.server:
         from .cli import failed_check
         from .client import ServingError, connect
 
-        try:
+        try:  # a client's stream(): REST uses the server's :stream where it has one
             with connect(args.server, args.model_name, args.protocol, version=args.version,
                          timeout=args.timeout) as client:
-                _print(run(lambda signature, inputs: client.predict(inputs, signature)))
+                _print(client.stream(prompt, args.max_length, args.chunk, args.temperature, args.top_k,
+                                     args.top_p, seed))
         except ServingError as e:
             check = failed_check(str(e))
             line = str(e).splitlines()[0].strip() + (f" {check}" if check else "")
@@ -118,13 +119,15 @@ def cli_stream(args) -> int:
         from .cli import load_savedmodel
 
         loaded, _ = load_savedmodel(args.model, args.version)
-        _print(run(local_predict(loaded)))
+        _print(out["text"][0].decode("utf-8") for out in chunks(
+            local_predict(loaded), [prompt], args.max_length, args.chunk, args.temperature, args.top_k,
+            args.top_p, seed))
     return 0
 
 
-def _print(outputs) -> None:
-    for out in outputs:
-        sys.stdout.write(out["text"][0].decode("utf-8"))
+def _print(texts) -> None:
+    for text in texts:
+        sys.stdout.write(text)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
