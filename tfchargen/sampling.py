@@ -227,10 +227,11 @@ class Categorical:
         temperature, seed = controls["temperature"], controls["seed"]
         sampled = temperature > 0
         seeded, unseeded = sampled & (seed != 0), sampled & (seed == 0)
+        any_seeded = tf.reduce_any(seeded)
         return {**controls, "_prepared": True, "_seeded": seeded, "_unseeded": unseeded,
-                "_any_seeded": tf.reduce_any(seeded), "_any_unseeded": tf.reduce_any(unseeded),
+                "_any_seeded": any_seeded, "_any_unseeded": tf.reduce_any(unseeded),
                 "_inv_temperature": tf.where(sampled, 1.0 / tf.where(sampled, temperature, 1.0), 1.0)[:, None],
-                "_row_key": row_key(seed)}
+                "_row_key": tf.cond(any_seeded, lambda: row_key(seed), lambda: tf.zeros_like(seed, tf.uint32))}
 
     def __call__(self, log_probs, controls, step):
         c = controls if "_prepared" in controls else self.prepare(controls)
