@@ -10,6 +10,8 @@ temperature 1 and <eos> made unreachable, so every row runs the full length:
     generator           tfchargen.generate.Generator, in memory, no XLA, called through the
                         export's `generate` tf.function (string ops in-graph too)
     generator_xla       the same with jit_compile=True (the numeric loop under XLA)
+    generator_seeded,   generator and generator_xla with seeded rows (seed = row number):
+    generator_xla_seeded  the per-row counter-based draw instead of the unseeded kernel
     savedmodel          tf.saved_model.load(export).signatures["generate"], exported without XLA
     savedmodel_xla      the same, exported with jit_compile=True
     onestep_tutorial    the TF tutorial's "OneStep", as the tutorial writes it: a Python loop
@@ -62,9 +64,9 @@ from tfchargen import rundir  # noqa: E402
 from tfchargen.vocab import Vocabulary  # noqa: E402
 
 PROMPT = "Today "
-METHODS = ("generator", "generator_xla", "savedmodel", "savedmodel_xla", "onestep_tutorial", "onestep_loop",
+METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla", "onestep_tutorial", "onestep_loop",
            "teaching_quadratic")
-TFCHARGEN_METHODS = ("generator", "generator_xla", "savedmodel", "savedmodel_xla")
+TFCHARGEN_METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Targets, stated for the default model (one-hot LSTM(128)); best tfchargen method counts.
 TARGET_B1_CHARS_PER_S = 30_000
@@ -138,22 +140,23 @@ def flops_per_char(cfg: dict, vocab_size: int) -> tuple[int, int, int]:
 # whole generation and returns the number of new characters it produced, as a Python int
 # (which also waits for the result).
 
-def controls(batch: int, length: int) -> dict:
+def controls(batch: int, length: int, seeded: bool = False) -> dict:
     return dict(
         prompt=tf.constant([PROMPT] * batch),
         max_length=tf.fill([batch], tf.constant(length, tf.int32)),
         temperature=tf.ones([batch], tf.float32),  # sampled, never greedy
         top_k=tf.zeros([batch], tf.int32),  # off
         top_p=tf.ones([batch], tf.float32),  # off
-        seed=tf.zeros([batch], tf.int64),  # unseeded: tf.random.categorical, as serving defaults
+        # unseeded (serving's default): the entropy-seeded kernel; seeded: one seed per row
+        seed=tf.range(1, batch + 1, dtype=tf.int64) if seeded else tf.zeros([batch], tf.int64),
     )
 
 
-def generator_factory(rnn, vocab, jit_compile, length):
+def generator_factory(rnn, vocab, jit_compile, length, seeded=False):
     def make(batch):
         g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
         fn = export_lib.signature_functions(g, export_lib.SERVING_DEFAULTS)["generate"]
-        inputs = controls(batch, length)
+        inputs = controls(batch, length, seeded)
         return (lambda: int(tf.reduce_sum(fn(**inputs)["num_chars"]))), {}
     return make
 
@@ -371,6 +374,8 @@ def main(argv=None):
         factories = {
             "generator": generator_factory(rnn, vocab, False, args.length),
             "generator_xla": generator_factory(rnn, vocab, True, args.length),
+            "generator_seeded": generator_factory(rnn, vocab, False, args.length, seeded=True),
+            "generator_xla_seeded": generator_factory(rnn, vocab, True, args.length, seeded=True),
             "onestep_tutorial": onestep_tutorial_factory(rnn, vocab, args.length),
             "onestep_loop": onestep_factory(rnn, vocab, args.length),
             "teaching_quadratic": teaching_factory(rnn, vocab, args.teaching_length),
@@ -459,7 +464,8 @@ def main(argv=None):
             "model": model_desc, "run_dir": os.path.abspath(args.run_dir) if args.run_dir else None,
             "trained": bool(args.run_dir), "prompt": PROMPT, "length": args.length,
             "teaching_length": args.teaching_length, "batches": batches, "repeats": args.repeats,
-            "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0,
+            "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+            "seed": "0 (unseeded), except *_seeded methods: row number 1..B",
             "eos": f"output bias of <eos> set to {EOS_BIAS:g}: never sampled, every row runs full length",
             "flops_per_char": fpc, "ceiling_matmul": f"[B, {k}] @ [{k}, {n}]",
         },

@@ -7,7 +7,8 @@
 For each batch size, seeded and unseeded rows side by side: one `generate` call of
 ``--length`` characters, then streams of each chunk size (tfchargen.streaming.chunks over the
 loaded SavedModel): time to the first chunk, to the first 16 characters, total time and
-chars/s (rows x characters / total seconds), the median of ``--repeats`` runs after a warm-up.
+chars/s (rows x characters / total seconds), the median of ``--repeats`` rounds after a
+warm-up round, each round running the one-shot call and every stream in turn.
 Use a model that does not end its texts early (every row must reach ``--length``).
 """
 
@@ -59,14 +60,23 @@ def streamed(predict, prompts, length, chunk, seeded):
     return {"first_chunk_s": first_chunk, "first_16_s": first_16, "total_s": total, "chars": int(got.sum())}
 
 
-def median_of(fn, repeats):
-    fn()  # warm-up: first calls optimize graphs
-    runs = [fn() for _ in range(repeats)]
-    keys = [k for k in runs[0] if k != "chars"]
-    med = {k: round(statistics.median(r[k] for r in runs), 5) for k in keys}
-    med["chars"] = runs[0]["chars"]
-    med["chars_per_s"] = round(med["chars"] / med["total_s"], 1)
-    return med
+def medians(fns, repeats):
+    """{name: median of each timing} over ``repeats`` rounds after a warm-up round (first
+    calls optimize graphs); each round runs every fn once, in turn, so a burst of load from
+    elsewhere on the machine falls on one-shot and streamed runs alike."""
+    runs = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            r = fn()
+            if round_:
+                runs[name].append(r)
+    out = {}
+    for name, rs in runs.items():
+        med = {k: round(statistics.median(r[k] for r in rs), 5) for k in rs[0] if k != "chars"}
+        med["chars"] = rs[0]["chars"]
+        med["chars_per_s"] = round(med["chars"] / med["total_s"], 1)
+        out[name] = med
+    return out
 
 
 def main(argv=None) -> int:
@@ -83,10 +93,13 @@ def main(argv=None) -> int:
     for batch in map(int, args.batches.split(",")):
         prompts = [b"Today "] * batch
         for seeded in (True, False):
-            base = median_of(lambda: one_shot(predict, prompts, args.length, seeded), args.repeats)
-            row = {"batch": batch, "seeded": seeded, "one_shot": base, "streams": {}}
+            fns = {"one_shot": lambda: one_shot(predict, prompts, args.length, seeded)}
             for chunk in map(int, args.chunks.split(",")):
-                s = median_of(lambda: streamed(predict, prompts, args.length, chunk, seeded), args.repeats)
+                fns[chunk] = lambda chunk=chunk: streamed(predict, prompts, args.length, chunk, seeded)
+            med = medians(fns, args.repeats)
+            base = med.pop("one_shot")
+            row = {"batch": batch, "seeded": seeded, "one_shot": base, "streams": {}}
+            for chunk, s in med.items():
                 s["throughput_vs_one_shot"] = round(s["chars_per_s"] / base["chars_per_s"], 3)
                 s["first_16_vs_one_shot_total"] = round(s["first_16_s"] / base["total_s"], 3)
                 row["streams"][str(chunk)] = s
@@ -99,7 +112,7 @@ def main(argv=None) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
         "tensorflow": tf.__version__, "model": args.model,
         "command": " ".join(["python", "benchmarks/stream_latency.py", *(sys.argv[1:] if argv is None else argv)]),
-        "length": args.length, "repeats": args.repeats, "results": results,
+        "length": args.length, "repeats": args.repeats, "loadavg_after": os.getloadavg(), "results": results,
     }
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -262,3 +262,21 @@ def test_no_leak_over_repeated_calls(client, version_dir):
         if large - small < 10 * 1024:
             return
     pytest.fail(f"peak RSS (KB) after {n // 10} and {n} calls, two attempts: {seen}")
+
+
+def test_c_stream_prints_the_bytes_of_the_cli_stream(c_client, tiny_model):
+    """`tfchargen-c --stream` chains start and continue: whatever the chunk size, the bytes
+    of `tfchargen generate --stream` and of one `generate` call for the same seeded request."""
+    flags = ["--temperature", "1", "--max-length", "60", "--top-p", "0.95", "--seed", "77"]
+    prompt = "Café ☕ "
+    cli = run_cli("generate", "--model", tiny_model, "--stream", "--chunk", "7", *flags, f"--prompt={prompt}")
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    whole = run(c_client, *flags, str(tiny_model), prompt)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == cli.stdout.encode() and whole.stdout.startswith(prompt.encode())
+    streams = run_many(c_client, [["--stream", "--chunk", chunk, *flags, tiny_model, prompt] for chunk in ("1", "7", "2048")])
+    for chunk, r in zip(("1", "7", "2048"), streams):
+        assert r.returncode == 0 and r.stderr == b"", (chunk, r.stderr)
+        assert r.stdout == whole.stdout, chunk
+    two = run(c_client, "--stream", str(tiny_model), "a", "b")
+    assert two.returncode == 2 and two.stderr.decode().startswith("tfchargen-c: --stream")

@@ -61,6 +61,7 @@ class Generator(tf.Module):
         filters: logit filters applied in order, each ``f(log_probs, controls)`` (see
             sampling.py); default TopK then TopP. ``[]`` samples the whole distribution.
         sampler: ``s(log_probs, controls, step)`` picks the next ids; default Categorical.
+            One with ``prepare(controls) -> controls`` has it called once per call.
         jit_compile: compile the numeric loop with XLA.
 
     ``controls`` is the dict of [B] tensors ``temperature``, ``top_k``, ``top_p``, ``seed``.
@@ -104,6 +105,8 @@ class Generator(tf.Module):
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
         controls = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        if hasattr(self.sampler, "prepare"):  # its per-call work, outside the loop
+            controls = self.sampler.prepare(controls)
         table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
         def body(i, done, ended, log_prob, logits, states, out, pos):

@@ -12,9 +12,10 @@ characters to -inf; one with an ``active(controls)`` method is skipped (``tf.con
 calls where no row of the batch asks for it, since filters sort ``[B, V]``. A sampler is a
 callable ``s(log_probs, controls, step) -> ids``.
 
-Seeds: a seeded row draws its randomness from a counter-based hash of (its seed, the step,
-the character id) and takes the Gumbel-max of the temperature-scaled log-probs: exactly a
-categorical draw, but one that depends only on the row's own seed and never on the other
+Seeds: a seeded row draws one uniform u per step from a counter-based hash of (its seed,
+the step) and takes the first character whose cumulative probability, under the
+temperature-scaled filtered distribution, reaches u (``inverse_cdf``): exactly a categorical
+draw, but one that depends only on the row's own seed and distribution, never on the other
 rows of the batch. Unseeded rows (seed 0) draw from a kernel that seeds itself from the
 system's entropy (``unseeded_draw``): different in every process and every call.
 """
@@ -124,27 +125,62 @@ def _mix32(x):
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
 
 
-def seeded_gumbel(seed, step, vocab_size):
-    """[B, V] standard Gumbel noise that depends only on (row seed, step, character id).
+_GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: consecutive steps land far apart before mixing
+
+
+def row_key(seed):
+    """[B] uint32: a row's seed (int64, both words) mixed once; constant over its steps.
+
+    Example:
+    >>> a, b = row_key(tf.constant([7, 8], tf.int64)), row_key(tf.constant([9, 7], tf.int64))
+    >>> int(a[0]) == int(b[1]), int(a[0]) == int(a[1])  # seed 7's key, wherever its row is
+    (True, False)
+    """
+    words = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [B, 2]: low and high words
+    return _mix32(words[:, 0] ^ _mix32(words[:, 1] + tf.constant(_GOLDEN, tf.uint32)))
+
+
+def seeded_uniform(key, step):
+    """[B] float32 in (0, 1]: one uniform per row per step, from (row key, step) alone.
+
+    24 bits: every value is a multiple of 2**-24, exactly representable in float32.
 
     Args:
-        seed: [B] int64 (any value; 0 is only special to Categorical).
-        step: scalar int32, the position being generated.
-        vocab_size: V.
+        key: [B] uint32 from ``row_key``.
+        step: int32, scalar or [B]: the position being generated.
 
     Example:
     >>> import numpy as np
-    >>> a = seeded_gumbel(tf.constant([7, 8], tf.int64), 3, 5)
-    >>> b = seeded_gumbel(tf.constant([9, 7], tf.int64), 3, 5)
-    >>> np.allclose(a[0], b[1]), np.allclose(a[0], a[1])  # seed 7's noise, wherever its row is
-    (True, False)
+    >>> key = row_key(tf.constant([3, 3], tf.int64))
+    >>> u = seeded_uniform(key, tf.constant([0, 1])).numpy()
+    >>> bool(u[0] != u[1]), bool(((u > 0) & (u <= 1)).all())  # a new draw per step
+    (True, True)
     """
-    seed = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [B, 2]: low and high words
-    row = _mix32(seed[:, 0] ^ _mix32(seed[:, 1] ^ _mix32(tf.cast(step, tf.uint32) + tf.constant(0x9E3779B9, tf.uint32))))
-    ids = tf.cast(tf.range(vocab_size), tf.uint32)
-    bits = _mix32(row[:, None] ^ _mix32(ids + tf.constant(0x632BE5AB, tf.uint32))[None, :])
-    u = (tf.cast(tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32)), tf.float32) + 0.5) * (1.0 / (1 << 24))
-    return -tf.math.log(-tf.math.log(u))
+    x = _mix32(key + tf.cast(step, tf.uint32) * tf.constant(_GOLDEN, tf.uint32))
+    return (tf.cast(tf.bitwise.right_shift(x, tf.constant(8, tf.uint32)), tf.float32) + 1.0) * (1.0 / (1 << 24))
+
+
+def inverse_cdf(scaled, u):
+    """[B] int32: per row, the first id whose cumulative probability reaches ``u`` [B].
+
+    ``scaled`` [B, V] are unnormalized log-probs (-inf = excluded). Each id owns the interval
+    (cdf before it, cdf through it] of length its probability, so for u uniform on (0, 1]
+    the id is an exact categorical draw; an excluded id owns an empty interval and is never
+    chosen, and u = 1 lands on the last id with mass. Only per-row ops: a row's id depends on
+    its own values alone, whatever the batch. The guard covers a cumsum whose rounding is
+    not monotone (a backend's parallel scan): then the row's most likely id.
+
+    Example:
+    >>> scaled = tf.math.log([[0.0, 0.5, 0.0, 0.5]] * 3)
+    >>> inverse_cdf(scaled, tf.constant([1e-7, 0.5, 1.0])).numpy()
+    array([1, 1, 3], dtype=int32)
+    """
+    mass = tf.exp(scaled - tf.reduce_max(scaled, axis=-1, keepdims=True))  # the top is 1; -inf is 0
+    cdf = tf.cumsum(mass, axis=-1)
+    below = tf.reduce_sum(tf.cast(cdf < u[:, None] * cdf[:, -1:], tf.int32), axis=-1)
+    ids = tf.minimum(below, tf.shape(scaled)[1] - 1)
+    ok = tf.gather(mass, ids[:, None], batch_dims=1)[:, 0] > 0
+    return tf.where(ok, ids, tf.argmax(scaled, axis=-1, output_type=tf.int32))
 
 
 def unseeded_draw(scaled):
@@ -184,15 +220,25 @@ class Categorical:
     array([1, 1, 1], dtype=int32)
     """
 
-    def __call__(self, log_probs, controls, step):
+    def prepare(self, controls):
+        """``controls`` plus what no step changes (row masks, 1/temperature, seed keys):
+        a Generator calls it once per call, outside its loop; ``__call__`` without it works too.
+        """
         temperature, seed = controls["temperature"], controls["seed"]
-        t = temperature[:, None]
-        scaled = tf.where(t > 0, log_probs / tf.where(t > 0, t, 1.0), log_probs)
-        seeded_rows, unseeded_rows = (temperature > 0) & (seed != 0), (temperature > 0) & (seed == 0)
-        # Each kind of draw costs a [B, V] pass: pay only for the kinds some row uses.
-        zeros = lambda: tf.zeros_like(seed, tf.int32)  # noqa: E731
+        sampled = temperature > 0
+        seeded, unseeded = sampled & (seed != 0), sampled & (seed == 0)
+        any_seeded = tf.reduce_any(seeded)
+        return {**controls, "_prepared": True, "_seeded": seeded, "_unseeded": unseeded,
+                "_any_seeded": any_seeded, "_any_unseeded": tf.reduce_any(unseeded),
+                "_inv_temperature": tf.where(sampled, 1.0 / tf.where(sampled, temperature, 1.0), 1.0)[:, None],
+                "_row_key": tf.cond(any_seeded, lambda: row_key(seed), lambda: tf.zeros_like(seed, tf.uint32))}
+
+    def __call__(self, log_probs, controls, step):
+        c = controls if "_prepared" in controls else self.prepare(controls)
+        scaled = log_probs * c["_inv_temperature"]  # greedy rows: unscaled, and unused
+        # Each kind of draw costs a pass over [B, V]: pay only for the kinds some row uses.
+        zeros = lambda: tf.zeros_like(c["_seeded"], tf.int32)  # noqa: E731
         greedy = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        seeded = tf.cond(tf.reduce_any(seeded_rows), lambda: tf.argmax(
-            scaled + seeded_gumbel(seed, step, tf.shape(log_probs)[1]), axis=-1, output_type=tf.int32), zeros)
-        unseeded = tf.cond(tf.reduce_any(unseeded_rows), lambda: unseeded_draw(scaled), zeros)
-        return tf.where(seeded_rows, seeded, tf.where(unseeded_rows, unseeded, greedy))
+        seeded = tf.cond(c["_any_seeded"], lambda: inverse_cdf(scaled, seeded_uniform(c["_row_key"], step)), zeros)
+        unseeded = tf.cond(c["_any_unseeded"], lambda: unseeded_draw(scaled), zeros)
+        return tf.where(c["_seeded"], seeded, tf.where(c["_unseeded"], unseeded, greedy))

@@ -4,6 +4,11 @@
  *
  *   tfchargen-c [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
  *               [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT...
+ *   tfchargen-c --stream [--chunk N] [--max-length N] [...] MODEL PROMPT
+ *
+ * --stream prints one prompt's text chunk by chunk as it arrives: `start`, then
+ * `continue` with each returned state_bytes until the row ends or has --max-length new
+ * characters (tfchargen/streaming.py's chunks), the same bytes as without --stream.
  *
  * MODEL is an export base (its newest numbered version is used) or one version's
  * directory, as for `tfchargen generate --model`. Defaults are tfchargen/contract.py's
@@ -36,7 +41,8 @@
 #define SIGNATURE "generate"
 #define USAGE                                                                             \
   "usage: " PROG " [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]" \
-  " [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT..."
+  " [--repeat N] [--timing] [--signature-dump] [--print-contract] [--stream [--chunk N]]"  \
+  " MODEL PROMPT..."
 
 enum { EXIT_ERR = 1, EXIT_USAGE = 2 };
 
@@ -105,6 +111,8 @@ static void print_status(const TF_Status *s) {
 #define DEFAULT_TOP_K 0
 #define DEFAULT_TOP_P 1.0f
 #define DEFAULT_SEED 0
+#define DEFAULT_CHUNK 32     /* tfchargen/streaming.py DEFAULT_CHUNK */
+#define MAX_NEW_CHARS 2048   /* contract.py MAX_NEW_CHARS: one call's (one chunk's) cap */
 
 enum { IN_PROMPT, IN_MAX_LENGTH, IN_TEMPERATURE, IN_TOP_K, IN_TOP_P, IN_SEED, N_INPUTS };
 static const char *const input_keys[N_INPUTS] = {"prompt", "max_length", "temperature",
@@ -157,6 +165,8 @@ typedef struct {
   long repeat;
   int timing;
   int signature_dump;
+  int stream;
+  long chunk;
   const char *model_dir;
   char **prompts;
   int n_prompts;
@@ -198,6 +208,8 @@ static int parse_args(int argc, char **argv, options *o) {
   o->repeat = 1;
   o->timing = 0;
   o->signature_dump = 0;
+  o->stream = 0;
+  o->chunk = DEFAULT_CHUNK;
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
@@ -222,6 +234,10 @@ static int parse_args(int argc, char **argv, options *o) {
       o->signature_dump = 1;
       continue;
     }
+    if (strcmp(a, "--stream") == 0) {
+      o->stream = 1;
+      continue;
+    }
     /* --flag VALUE or --flag=VALUE */
     char name[32];
     const char *val;
@@ -238,7 +254,8 @@ static int parse_args(int argc, char **argv, options *o) {
     }
     int known = strcmp(name, "--max-length") == 0 || strcmp(name, "--temperature") == 0 ||
                 strcmp(name, "--top-k") == 0 || strcmp(name, "--top-p") == 0 ||
-                strcmp(name, "--seed") == 0 || strcmp(name, "--repeat") == 0;
+                strcmp(name, "--seed") == 0 || strcmp(name, "--repeat") == 0 ||
+                strcmp(name, "--chunk") == 0;
     if (!known) {
       print_error("unknown option '%s'; %s", a, USAGE);
       return -1;
@@ -260,6 +277,9 @@ static int parse_args(int argc, char **argv, options *o) {
     } else if (strcmp(name, "--seed") == 0) {
       if (parse_int(name, val, INT64_MIN, INT64_MAX, &v)) return -1;
       o->seed = (int64_t)v;
+    } else if (strcmp(name, "--chunk") == 0) {
+      if (parse_int(name, val, 1, MAX_NEW_CHARS, &v)) return -1;
+      o->chunk = (long)v;
     } else if (strcmp(name, "--repeat") == 0) {
       if (parse_int(name, val, 1, 100000000, &v)) return -1;
       o->repeat = (long)v;
@@ -280,27 +300,36 @@ static int parse_args(int argc, char **argv, options *o) {
     print_error("missing PROMPT; %s", USAGE);
     return -1;
   }
+  if (o->stream && o->n_prompts != 1) {
+    print_error("--stream prints one text: give one PROMPT");
+    return -1;
+  }
   return 0;
 }
 
 /* ---- the signature's inputs ----------------------------------------------------- */
 
-static int resolve(TF_Graph *graph, const tfc_tensor_info *ti, TF_Output *out) {
+static int resolve_in(TF_Graph *graph, const char *signature, const tfc_tensor_info *ti,
+                      TF_Output *out) {
   char op[1024];
   int index;
   if (tfc_tensor_name_split(ti->name, op, sizeof op, &index) != 0) {
-    print_error("signature '" SIGNATURE "': malformed tensor name '%s' for '%s'", ti->name,
+    print_error("signature '%s': malformed tensor name '%s' for '%s'", signature, ti->name,
                 ti->key);
     return -1;
   }
   out->oper = TF_GraphOperationByName(graph, op);
   out->index = index;
   if (!out->oper || index >= TF_OperationNumOutputs(out->oper)) {
-    print_error("signature '" SIGNATURE "': tensor '%s' (for '%s') is not in the graph", ti->name,
-                ti->key);
+    print_error("signature '%s': tensor '%s' (for '%s') is not in the graph", signature,
+                ti->name, ti->key);
     return -1;
   }
   return 0;
+}
+
+static int resolve(TF_Graph *graph, const tfc_tensor_info *ti, TF_Output *out) {
+  return resolve_in(graph, SIGNATURE, ti, out);
 }
 
 /* Finds the feeds and the `text` fetch; checks the signature has exactly the inputs
@@ -482,6 +511,126 @@ static void print_timing(double load_ms, double *ms, long n) {
           rest[(size_t)((double)(m - 1) * 0.9)], rest[m - 1]);
 }
 
+/* ---- --stream: `start`, then `continue` with each state (tfchargen/streaming.py) --- */
+
+enum { OUT_TEXT, OUT_NUM_CHARS, OUT_ENDED, OUT_STATE, N_STREAM_OUTPUTS };
+static const char *const stream_output_keys[N_STREAM_OUTPUTS] = {"text", "num_chars",
+                                                                 "ended_with_eos", "state_bytes"};
+static const TF_DataType stream_output_types[N_STREAM_OUTPUTS] = {TF_STRING, TF_INT32, TF_BOOL,
+                                                                  TF_STRING};
+/* `continue` takes the state where `start` and `generate` take the prompt. */
+static const char *const continue_keys[N_INPUTS] = {"state_bytes", "max_length", "temperature",
+                                                    "top_k",       "top_p",      "seed"};
+
+/* Finds a stream signature's feeds (keys, in input_types' dtypes) and its four fetches. */
+static int bind_stream(TF_Graph *graph, const tfc_signature_map *sigs, const char *name,
+                       const char *const keys[N_INPUTS], TF_Output feeds[N_INPUTS],
+                       TF_Output fetches[N_STREAM_OUTPUTS]) {
+  const tfc_signature *sig = tfc_signature_find(sigs, name);
+  if (!sig) {
+    print_error("the SavedModel has no '%s' signature: --stream needs an export with start "
+                "and continue", name);
+    return -1;
+  }
+  if (sig->n_inputs != N_INPUTS) {
+    print_error("signature '%s' has %zu inputs, expected %d", name, sig->n_inputs, N_INPUTS);
+    return -1;
+  }
+  for (int k = 0; k < N_INPUTS; k++) {
+    const tfc_tensor_info *ti = tfc_signature_input(sig, keys[k]);
+    if (!ti || ti->dtype != (int)input_types[k]) {
+      print_error("signature '%s' has no %s input '%s'", name, tfc_dtype_name((int)input_types[k]),
+                  keys[k]);
+      return -1;
+    }
+    if (resolve_in(graph, name, ti, &feeds[k]) != 0) return -1;
+  }
+  for (int k = 0; k < N_STREAM_OUTPUTS; k++) {
+    const tfc_tensor_info *ti = tfc_signature_output(sig, stream_output_keys[k]);
+    if (!ti || ti->dtype != (int)stream_output_types[k]) {
+      print_error("signature '%s' has no %s output '%s'", name,
+                  tfc_dtype_name((int)stream_output_types[k]), stream_output_keys[k]);
+      return -1;
+    }
+    if (resolve_in(graph, name, ti, &fetches[k]) != 0) return -1;
+  }
+  return 0;
+}
+
+static void free_outputs(TF_Tensor *t[N_STREAM_OUTPUTS]) {
+  for (int k = 0; k < N_STREAM_OUTPUTS; k++) {
+    if (t[k]) TF_DeleteTensor(t[k]); /* their strings belong to the tensors */
+    t[k] = NULL;
+  }
+}
+
+static int check_stream_outputs(TF_Tensor *const t[N_STREAM_OUTPUTS]) {
+  for (int k = 0; k < N_STREAM_OUTPUTS; k++) {
+    size_t es = k == OUT_TEXT || k == OUT_STATE ? sizeof(TF_TString) : TF_DataTypeSize(stream_output_types[k]);
+    if (!t[k] || TF_TensorType(t[k]) != stream_output_types[k] || TF_NumDims(t[k]) != 1 ||
+        TF_Dim(t[k], 0) != 1 || TF_TensorByteSize(t[k]) < es) {
+      print_error("output '%s' is not a vector of 1 row", stream_output_keys[k]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The one prompt's chunks, each written and flushed as it arrives, then a newline. A row
+ * is done at --max-length characters, at <eos>, or when a chunk it asked for came back
+ * empty (contract.py MAX_STREAM_CHARS), as in streaming.chunks. */
+static int run_stream(TF_Session *session, TF_Graph *graph, const tfc_signature_map *sigs,
+                      const options *o, TF_Status *status) {
+  TF_Output start_in[N_INPUTS], cont_in[N_INPUTS], start_out[N_STREAM_OUTPUTS],
+      cont_out[N_STREAM_OUTPUTS];
+  if (bind_stream(graph, sigs, "start", input_keys, start_in, start_out) != 0 ||
+      bind_stream(graph, sigs, "continue", continue_keys, cont_in, cont_out) != 0)
+    return -1;
+  TF_Tensor *in[N_INPUTS] = {0}, *out[N_STREAM_OUTPUTS] = {0}, *next[N_STREAM_OUTPUTS] = {0};
+  int rc = -1;
+  if (make_inputs(o, in) != 0) return -1; /* one row: row_seed(--seed, 0), as generate's row 0 */
+  int32_t *size = (int32_t *)TF_TensorData(in[IN_MAX_LENGTH]);
+  long long left = o->max_length;
+  *size = (int32_t)(left < o->chunk ? left : o->chunk); /* negative: the graph's error */
+  TF_SessionRun(session, NULL, start_in, in, N_INPUTS, start_out, out, N_STREAM_OUTPUTS, NULL, 0,
+                NULL, status);
+  for (;;) {
+    if (TF_GetCode(status) != TF_OK) {
+      for (int k = 0; k < N_STREAM_OUTPUTS; k++) out[k] = NULL; /* not set on failure */
+      fflush(stdout);
+      print_status(status);
+      goto done;
+    }
+    if (check_stream_outputs(out) != 0) goto done;
+    const TF_TString *text = (const TF_TString *)TF_TensorData(out[OUT_TEXT]);
+    fwrite(TF_StringGetDataPointer(text), 1, TF_StringGetSize(text), stdout);
+    if (fflush(stdout) != 0) {
+      print_error("writing output: %s", strerror(errno));
+      goto done;
+    }
+    int32_t got = ((const int32_t *)TF_TensorData(out[OUT_NUM_CHARS]))[0];
+    int ended = ((const unsigned char *)TF_TensorData(out[OUT_ENDED]))[0] != 0;
+    left -= got;
+    if (left <= 0 || ended || (*size > 0 && got == 0)) break;
+    *size = (int32_t)(left < o->chunk ? left : o->chunk);
+    TF_Tensor *feed[N_INPUTS] = {out[OUT_STATE], in[1], in[2], in[3], in[4], in[5]};
+    TF_SessionRun(session, NULL, cont_in, feed, N_INPUTS, cont_out, next, N_STREAM_OUTPUTS, NULL, 0,
+                  NULL, status);
+    free_outputs(out);
+    for (int k = 0; k < N_STREAM_OUTPUTS; k++) out[k] = next[k], next[k] = NULL;
+  }
+  fputc('\n', stdout);
+  if (fflush(stdout) != 0) {
+    print_error("writing output: %s", strerror(errno));
+    goto done;
+  }
+  rc = 0;
+done:
+  free_outputs(out);
+  free_inputs(in, 1);
+  return rc;
+}
+
 /* ---- main ------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -530,6 +679,10 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (o.stream) {
+    rc = run_stream(session, graph, &sigs, &o, status) == 0 ? 0 : EXIT_ERR;
+    goto done;
+  }
   TF_Output feeds[N_INPUTS], fetch;
   if (bind_signature(graph, &sigs, feeds, &fetch) != 0) goto done;
 
