@@ -101,6 +101,16 @@ def test_chained_chunks_equal_one_generate_call(gen, chunks):
         assert list(o["text"]) == list(o["continuation"])
 
 
+def test_a_model_that_rules_a_character_out_streams_exactly(tmp_path):
+    """A logit far past the state's value bound (<eos> biased to -1e9, as a model that never
+    ends a text) is stored clipped: the state is valid and the chunks still equal one call."""
+    g = gen_lib.Generator(*reversed(random_model(tmp_path, eos_bias=-1e9)))
+    want = numpy(g.generate(tf.constant(PROMPTS), **controls(len(PROMPTS), max_length=40, **MIXED)))
+    text, log_prob, ended, _ = stream(*in_process(g), PROMPTS, [9, 31], **MIXED)
+    assert text == list(want["continuation"]) and not any(ended)
+    np.testing.assert_allclose(log_prob, want["log_prob"], rtol=1e-5, atol=1e-4)
+
+
 def test_rows_end_at_different_chunks_and_stay_ended(gen):
     prompts = ["Today "] * 16  # hot seeded rows end with <eos> at different chunks
     kw = dict(temperature=3.0, seed=list(range(1, 17)))

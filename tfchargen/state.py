@@ -94,6 +94,10 @@ class StateCodec:
         header = tf.stack([const(contract.STATE_MAGIC), const(contract.STATE_FORMAT_VERSION),
                            const(self.fingerprint), tf.cast(position, tf.float64),
                            tf.cast(ended, tf.float64)], axis=1)
+        # A model may push a logit past the bound (e.g. a bias of -1e9 that rules a character
+        # out): clipped, it still underflows to probability 0 in float32, so the next step
+        # samples and scores exactly as if it had not been stored.
+        logits = tf.clip_by_value(logits, -contract.MAX_STATE_ABS, contract.MAX_STATE_ABS)
         values = tf.concat([logits, *states], axis=1)
         sizes = tf.tile([[self.floats, len(HEADER)]], [batch, 1])
         return tf.io.encode_proto(sizes, [values, header], ["float_val", "double_val"], "tensorflow.TensorProto")
