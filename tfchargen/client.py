@@ -46,6 +46,18 @@ GENERATE_OUTPUTS = ("text", "continuation", "num_chars", "ended_with_eos", "log_
 SCORE_OUTPUTS = ("nats_per_char", "log_prob", "num_chars")
 
 
+def message_json(message) -> dict:
+    """A proto as TF Serving's REST API writes it (field names as in the .proto)."""
+    from google.protobuf import json_format
+
+    try:  # protobuf >= 5.26 renamed including_default_value_fields
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    except TypeError:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+
+
 class ServingError(RuntimeError):
     """A request the server refused or could not answer. ``code`` is the gRPC status name
     (``INVALID_ARGUMENT``, ``UNAVAILABLE`` ...) or ``HTTP <status>``; ``retryable`` says
@@ -375,19 +387,13 @@ class GrpcClient(_Client):
 
     def status(self) -> dict:
         """ModelService.GetModelStatus as a dict like the REST status reply."""
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec)
         stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
         reply = self._call(stub.GetModelStatus, request, f"GetModelStatus({self.model_name})")
-        try:  # protobuf >= 5.26 renamed including_default_value_fields
-            return json_format.MessageToDict(reply, preserving_proto_field_name=True,
-                                             always_print_fields_with_no_presence=True)
-        except TypeError:
-            return json_format.MessageToDict(reply, preserving_proto_field_name=True,
-                                             including_default_value_fields=True)
+        return message_json(reply)
 
     def close(self):
         self._channel.close()

@@ -51,6 +51,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from . import contract
+from .client import message_json
 
 # Documented limits: a request over one of them gets its error, never a crash or a hang.
 LIMITS = dict(
@@ -743,16 +744,6 @@ def response_json(out: dict, fmt: str) -> dict:
     return {"predictions": [{k: columns[k][i] for k in columns} for i in range(n)]}
 
 
-def message_json(message) -> dict:
-    """A proto as TF Serving's REST API writes it (field names as in the .proto)."""
-    from google.protobuf import json_format
-
-    try:  # protobuf >= 5.26 renamed including_default_value_fields
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
-    except TypeError:
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         including_default_value_fields=True)
 
 
 def status_json(reply) -> dict:
