@@ -280,3 +280,25 @@ def test_c_stream_prints_the_bytes_of_the_cli_stream(c_client, tiny_model):
         assert r.stdout == whole.stdout, chunk
     two = run(c_client, "--stream", str(tiny_model), "a", "b")
     assert two.returncode == 2 and two.stderr.decode().startswith("tfchargen-c: --stream")
+
+
+def test_go_stream_prints_the_bytes_of_the_c_and_cli_streams(go_client, c_client, tiny_model):
+    """`tfchargen-go --stream` chains start and continue as `tfchargen-c --stream` does: the bytes
+    of the C client and of `tfchargen generate --stream`, seeded over several chunks and greedy
+    past one call's 2048 characters; the same usage and graph errors, one line each."""
+    prompt = "Café ☕ "
+    seeded = ["--temperature", "1", "--max-length", "60", "--top-p", "0.95", "--seed", "77"]
+    greedy = ["--temperature", "0", "--max-length", "2100", "--chunk", "2048"]
+    for flags in ([*seeded, "--chunk", "7"], seeded, greedy):  # chunks of 7, of 32 (the default), of 2048
+        cli = run_cli("generate", "--model", tiny_model, "--stream", *flags, f"--prompt={prompt}")
+        assert cli.returncode == 0, cli.stderr[-3000:]
+        go, c = (run(binary, "--stream", *flags, str(tiny_model), prompt) for binary in (go_client, c_client))
+        for r in (go, c):
+            assert r.returncode == 0 and r.stderr == b"", (flags, r.stderr)
+        assert go.stdout == c.stdout == cli.stdout.encode() and go.stdout.startswith(prompt.encode()), flags
+    bad = [["--stream", tiny_model, "a", "b"], ["--stream", "--chunk", "0", tiny_model, "a"],
+           ["--stream", "--chunk=2049", tiny_model, "a"], ["--stream", "--max-length", "-1", tiny_model, "a"]]
+    for go, c in zip(run_many(go_client, bad), run_many(c_client, bad)):
+        assert go.returncode == c.returncode and go.stdout == c.stdout == b"", (go.args, go.stderr, c.stderr)
+        line = _one_line_error(go, "tfchargen-go")
+        assert line.replace("tfchargen-go", "tfchargen-c", 1) == _one_line_error(c, "tfchargen-c"), go.args

@@ -4,6 +4,11 @@
 //
 //	tfchargen-go [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]
 //	             [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT...
+//	tfchargen-go --stream [--chunk N] [--max-length N] [...] MODEL PROMPT
+//
+// --stream prints one prompt's text chunk by chunk as it arrives: `start`, then
+// `continue` with each returned state_bytes until the row ends or has --max-length new
+// characters (tfchargen/streaming.py's chunks), the same bytes as without --stream.
 //
 // MODEL is an export base (its newest numbered version is used) or one version's
 // directory; defaults are tfchargen/contract.py's SERVING_DEFAULTS; row i's seed is
@@ -29,7 +34,8 @@ import (
 
 const prog = "tfchargen-go"
 const usage = "usage: " + prog + " [--max-length N] [--temperature T] [--top-k K] [--top-p P] [--seed S]" +
-	" [--repeat N] [--timing] [--signature-dump] [--print-contract] MODEL PROMPT..."
+	" [--repeat N] [--timing] [--signature-dump] [--print-contract] [--stream [--chunk N]]" +
+	" MODEL PROMPT..."
 
 // The contract's serving defaults (tfchargen/contract.py SERVING_DEFAULTS); --print-contract
 // prints them with the signature's inputs, and the tests compare them with contract.py.
@@ -130,6 +136,8 @@ type options struct {
 	repeat        int64
 	timing        bool
 	signatureDump bool
+	stream        bool
+	chunk         int64
 	modelDir      string
 	prompts       []string
 }
@@ -155,7 +163,7 @@ func parseFloat(flag, s string) (float32, error) {
 
 func parseArgs(args []string) (*options, error) {
 	o := &options{maxLength: defaultMaxLength, temperature: defaultTemperature, topK: defaultTopK,
-		topP: defaultTopP, seed: defaultSeed, repeat: 1}
+		topP: defaultTopP, seed: defaultSeed, repeat: 1, chunk: defaultChunk}
 	i := 0
 	for ; i < len(args); i++ {
 		a := args[i]
@@ -177,10 +185,13 @@ func parseArgs(args []string) (*options, error) {
 		case "--signature-dump":
 			o.signatureDump = true
 			continue
+		case "--stream":
+			o.stream = true
+			continue
 		}
 		name, val, hasVal := strings.Cut(a, "=")
 		switch name {
-		case "--max-length", "--temperature", "--top-k", "--top-p", "--seed", "--repeat":
+		case "--max-length", "--temperature", "--top-k", "--top-p", "--seed", "--repeat", "--chunk":
 		default:
 			return nil, fmt.Errorf("unknown option '%s'; %s", a, usage)
 		}
@@ -202,6 +213,8 @@ func parseArgs(args []string) (*options, error) {
 			o.topK = int32(v)
 		case "--seed":
 			o.seed, err = parseInt(name, val, math.MinInt64, math.MaxInt64)
+		case "--chunk":
+			o.chunk, err = parseInt(name, val, 1, maxNewChars)
 		case "--repeat":
 			o.repeat, err = parseInt(name, val, 1, 100000000)
 		case "--temperature":
@@ -220,6 +233,9 @@ func parseArgs(args []string) (*options, error) {
 	o.prompts = args[i+1:]
 	if len(o.prompts) == 0 && !o.signatureDump {
 		return nil, fmt.Errorf("missing PROMPT; %s", usage)
+	}
+	if o.stream && len(o.prompts) != 1 {
+		return nil, errors.New("--stream prints one text: give one PROMPT")
 	}
 	return o, nil
 }
@@ -291,13 +307,16 @@ func run() int {
 			return 0
 		}
 	}
+	req := newRequest(o.prompts, o)
+	defer req.free()
+	if o.stream {
+		return runStream(m, req, o.chunk, out)
+	}
 	g, err := newGenerator(m)
 	if err != nil {
 		printError("%v", err)
 		return exitErr
 	}
-	req := newRequest(o.prompts, o)
-	defer req.free()
 	times := make([]time.Duration, o.repeat)
 	for r := int64(0); r < o.repeat; r++ {
 		last := r == o.repeat-1
@@ -320,6 +339,20 @@ func run() int {
 	}
 	if o.timing {
 		printTiming(load, times)
+	}
+	return 0
+}
+
+// runStream streams the request's one prompt to out; what it printed before an error stays.
+func runStream(m *model, req *request, chunk int64, out *bufio.Writer) int {
+	s, err := newStreamer(m)
+	if err == nil {
+		err = s.run(req, chunk, out)
+	}
+	if err != nil {
+		out.Flush()
+		printError("%v", err)
+		return exitErr
 	}
 	return 0
 }
