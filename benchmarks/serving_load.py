@@ -1,8 +1,13 @@
 """Serving load: `tfchargen serve` with request batching on and off, and the SavedModel in process.
 
     python benchmarks/serving_load.py                       # trains a --preset tiny model first
-    python benchmarks/serving_load.py --model models/chargen --clients 1,4,16,64 --requests 8
-    python benchmarks/serving_load.py --model M --url http://127.0.0.1:8501   # + any TF Serving
+    python benchmarks/serving_load.py --run-dir runs/agnews --clients 1,4,16,64 --requests 8
+    python benchmarks/serving_load.py --model models/chargen --url http://127.0.0.1:8501   # + any TF Serving
+
+Workloads: ``as_trained`` (the model as exported: a request ends at its first <eos>, so
+lengths vary up to --max-length) and, with --run-dir, ``full_length`` (the same weights
+exported with <eos> made impossible, as generate_throughput.py does: every request
+generates exactly --max-length characters). --model gives ``as_trained`` only.
 
 Targets, run in rotation for each --clients count (so a change in the machine's load hits
 them all alike); each client is a thread sending --requests requests one after another,
@@ -41,18 +46,30 @@ import tensorflow as tf
 
 import common  # next to this script
 from common import DEFAULT_DATA, REPO
+from tfchargen import export as export_lib
 from tfchargen.client import RestClient, ServingError
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
 
 
 def train_tiny(work_dir: str, data: str) -> str:
-    """`tfchargen train --preset tiny` (about a minute); returns the export base."""
-    run_dir, base = os.path.join(work_dir, "tiny"), os.path.join(work_dir, "export")
+    """`tfchargen train --preset tiny` (about a minute); returns the run dir."""
+    run_dir = os.path.join(work_dir, "tiny")
     cmd = [sys.executable, "-m", "tfchargen", "train", "--preset", "tiny", "--run-dir", run_dir,
-           "--train-data", f"csv:{os.path.abspath(data)}[:6000]", "--seed", "3", "--sample-every", "0",
-           "--export-base", base]
+           "--train-data", f"csv:{os.path.abspath(data)}[:6000]", "--seed", "3", "--sample-every", "0"]
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
-    return base
+    return run_dir
+
+
+def export_workloads(run_dir: str, work_dir: str) -> dict[str, str]:
+    """{workload: export base}: the run as trained, and with <eos> impossible (full length)."""
+    import generate_throughput  # next to this script: its <eos>-suppressed copy of a run
+
+    bases = {"as_trained": os.path.join(work_dir, "as_trained", "chargen"),
+             "full_length": os.path.join(work_dir, "full_length", "chargen")}
+    export_lib.export(run_dir, bases["as_trained"], log=lambda *_: None)
+    no_eos = generate_throughput.prepare_run(argparse.Namespace(run_dir=run_dir), os.path.join(work_dir, "no_eos"))
+    export_lib.export(no_eos, bases["full_length"], log=lambda *_: None)
+    return bases
 
 
 def latest_version(model: str) -> str:
@@ -85,6 +102,18 @@ class ServeProcess:
         else:
             raise SystemExit(f"server did not start: {' '.join(self.cmd)}")
         threading.Thread(target=collections.deque, args=(self.proc.stderr, 0), daemon=True).start()  # drain its log
+
+    def batching(self) -> tuple[int, int]:
+        """(merged calls, rows they held) of `generate` so far, from the server's metrics."""
+        import re
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/monitoring/prometheus/metrics", timeout=30) as r:
+            text = r.read().decode()
+        counts = dict.fromkeys(("batches", "batched_rows"), 0)
+        for m in re.finditer(r'tfchargen_(batches|batched_rows)_total\{[^}]*signature="generate"[^}]*\} (\d+)', text):
+            counts[m.group(1)] += int(m.group(2))
+        return counts["batches"], counts["batched_rows"]
 
     def stop(self):
         self.proc.terminate()
@@ -156,12 +185,34 @@ def run_load(call, clients: int, requests: int, args) -> dict:
                            "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "max": float(ms.max())}}
 
 
+def start_targets(base: str, loaded, args, wanted, servers: list) -> dict:
+    """{target: (label, call)} for one workload's export base; servers started are appended."""
+    targets = {}
+    if "savedmodel" in wanted:
+        targets["savedmodel"] = ("SavedModel in process (tf.saved_model.load)", local_caller(loaded), None)
+    for name, batch in (("batching_on", args.max_batch), ("batching_off", 1)):
+        if name in wanted:
+            s = ServeProcess(base, args.model_name, "--max-batch", str(batch),
+                             "--batch-timeout-ms", str(args.batch_timeout_ms))
+            servers.append(s)
+            targets[name] = (" ".join(["tfchargen serve", *s.cmd[4:]]), client_caller(
+                lambda url=s.url: RestClient(url, args.model_name, timeout=args.timeout)), s)
+    if args.url and "rest" in wanted:
+        targets["rest"] = (f"model server REST {args.url}", client_caller(
+            lambda: RestClient(args.url, args.model_name, timeout=args.timeout)), None)
+    for name, (label, call, _) in targets.items():
+        for i in range(args.warmup):
+            call(**request_inputs(10_000 + i, 1, args))
+    return targets
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="export base or version dir (default: train --preset tiny first)")
+    p.add_argument("--run-dir", help="a trained run: both workloads (default: train --preset tiny first)")
+    p.add_argument("--model", help="an export base or version dir instead: the as_trained workload only")
     p.add_argument("--data", default=DEFAULT_DATA, help="AG News CSV for the tiny model (default: %(default)s)")
-    p.add_argument("--url", help="also a model server's REST address, e.g. http://127.0.0.1:8501")
+    p.add_argument("--url", help="also a model server's REST address serving --model, e.g. http://127.0.0.1:8501")
     p.add_argument("--model-name", default="chargen")
     p.add_argument("--targets", default="savedmodel,batching_on,batching_off")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrent client counts")
@@ -174,74 +225,76 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="requests per target before measuring")
     p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.model and args.run_dir:
+        p.error("give --run-dir or --model, not both")
+    if args.url and not args.model:
+        p.error("--url needs --model (the export the server at --url serves)")
     args.batch = 1
     client_counts = [int(c) for c in args.clients.split(",")]
     wanted = args.targets.split(",") + (["rest"] if args.url else [])
 
     with tempfile.TemporaryDirectory() as work:
-        model_desc, train_seconds = args.model, None
-        if args.model is None:
-            print("training --preset tiny ...", flush=True)
-            t = time.perf_counter()
-            args.model = train_tiny(work, args.data)
-            train_seconds = time.perf_counter() - t
-            model_desc = "tfchargen train --preset tiny --seed 3 (rows 1-6000), exported"
-        loaded = tf.saved_model.load(latest_version(args.model))
-        servers, targets = [], {}
-        try:
-            if "savedmodel" in wanted:
-                targets["savedmodel"] = ("SavedModel in process (tf.saved_model.load)", local_caller(loaded))
-            for name, batch in (("batching_on", args.max_batch), ("batching_off", 1)):
-                if name in wanted:
-                    s = ServeProcess(args.model, args.model_name, "--max-batch", str(batch),
-                                     "--batch-timeout-ms", str(args.batch_timeout_ms))
-                    servers.append(s)
-                    targets[name] = (" ".join(["tfchargen serve", *s.cmd[4:]]), client_caller(
-                        lambda url=s.url: RestClient(url, args.model_name, timeout=args.timeout)))
-            if args.url:
-                targets["rest"] = (f"model server REST {args.url}", client_caller(
-                    lambda: RestClient(args.url, args.model_name, timeout=args.timeout)))
-            for name, (label, call) in targets.items():
-                for i in range(args.warmup):
-                    call(**request_inputs(10_000 + i, 1, args))
-
-            load_before = os.getloadavg()
-            results = []
-            for clients in client_counts:
-                for name, (label, call) in targets.items():  # in rotation
-                    row = {"target": name, "label": label, **run_load(call, clients, args.requests, args)}
-                    results.append(row)
-                    lat = row["latency_ms"]
-                    print(f"{name:13} clients {clients:3}  {row['requests_per_second']:7.1f} req/s  "
-                          f"{row['chars_per_second']:9.0f} chars/s  p50 {lat['p50']:7.1f} ms  p99 {lat['p99']:7.1f} ms"
-                          f"  errors {row['errors']}", flush=True)
-            load_after = os.getloadavg()
-        finally:
-            for s in servers:
-                s.stop()
+        model_desc, train_seconds = args.model or args.run_dir, None
+        if args.model:
+            bases = {"as_trained": args.model}
+        else:
+            if args.run_dir is None:
+                print("training --preset tiny ...", flush=True)
+                t = time.perf_counter()
+                args.run_dir = train_tiny(work, args.data)
+                train_seconds = time.perf_counter() - t
+                model_desc = "tfchargen train --preset tiny --seed 3 (rows 1-6000)"
+            bases = export_workloads(args.run_dir, work)
+        results, load_before = [], os.getloadavg()
+        for workload, base in bases.items():
+            servers = []
+            try:
+                targets = start_targets(base, tf.saved_model.load(latest_version(base)), args, wanted, servers)
+                for clients in client_counts:
+                    for name, (label, call, server) in targets.items():  # in rotation
+                        before = server.batching() if server else None
+                        row = {"workload": workload, "target": name, "label": label,
+                               **run_load(call, clients, args.requests, args)}
+                        if server:
+                            calls, rows = (a - b for a, b in zip(server.batching(), before))
+                            row["mean_rows_per_call"] = rows / calls if calls else None  # None: not batched
+                        results.append(row)
+                        lat = row["latency_ms"]
+                        print(f"{workload:11} {name:13} clients {clients:3}  {row['requests_per_second']:7.1f} req/s  "
+                              f"{row['chars_per_second']:9.0f} chars/s  p50 {lat['p50']:7.1f} ms  "
+                              f"p99 {lat['p99']:7.1f} ms  rows/call {row.get('mean_rows_per_call') or 1:5.1f}  "
+                              f"errors {row['errors']}", flush=True)
+            finally:
+                for s in servers:
+                    s.stop()
+        load_after = os.getloadavg()
 
     report = {
         "benchmark": "serving_load",
-        "config": {"model": model_desc, "model_train_seconds": train_seconds, "clients": client_counts,
-                   "requests_per_client": args.requests, "prompts_per_request": 1, "max_length": args.max_length,
-                   "temperature": args.temperature, "seed": "request number (seeded: same text every run)",
-                   "max_batch": args.max_batch, "batch_timeout_ms": args.batch_timeout_ms,
-                   "warmup_requests": args.warmup, "url": args.url},
+        "config": {"model": model_desc, "model_train_seconds": train_seconds, "workloads": list(bases),
+                   "clients": client_counts, "requests_per_client": args.requests, "prompts_per_request": 1,
+                   "max_length": args.max_length, "temperature": args.temperature,
+                   "seed": "request number (seeded: same text every run)", "max_batch": args.max_batch,
+                   "batch_timeout_ms": args.batch_timeout_ms, "warmup_requests": args.warmup, "url": args.url},
         "definitions": {
+            "as_trained": "the model as exported: a request ends at its first <eos> (lengths vary)",
+            "full_length": "the same weights with <eos> impossible: every request generates max_length characters",
             "requests_per_second": "successful requests / wall seconds from the first to the last request",
             "chars_per_second": "new characters generated (sum of num_chars) / the same wall seconds",
             "latency_ms": "per-request wall time in the client thread (percentiles over all requests)",
             "batching_off": "tfchargen serve --max-batch 1: each request runs alone, concurrently",
+            "mean_rows_per_call": "rows / signature calls of generate during the run (the server's metrics)",
         },
         "results": results,
     }
-    for clients in client_counts:
-        rows = {r["target"]: r for r in results if r["clients"] == clients}
-        if "batching_on" in rows and "batching_off" in rows:
-            on, off = rows["batching_on"], rows["batching_off"]
-            report.setdefault("batching_speedup", {})[str(clients)] = {
-                "requests_per_second": round(on["requests_per_second"] / off["requests_per_second"], 2),
-                "p99_ms_on_vs_off": [round(on["latency_ms"]["p99"], 1), round(off["latency_ms"]["p99"], 1)]}
+    for workload in bases:
+        for clients in client_counts:
+            rows = {r["target"]: r for r in results if r["clients"] == clients and r["workload"] == workload}
+            if "batching_on" in rows and "batching_off" in rows:
+                on, off = rows["batching_on"], rows["batching_off"]
+                report.setdefault("batching_speedup", {}).setdefault(workload, {})[str(clients)] = {
+                    "requests_per_second": round(on["requests_per_second"] / off["requests_per_second"], 2),
+                    "p99_ms_on_vs_off": [round(on["latency_ms"]["p99"], 1), round(off["latency_ms"]["p99"], 1)]}
     machine = {**common.machine_info(), "loadavg_before": load_before, "loadavg_after": load_after}
     common.write_result(args.out, report, machine=machine, argv=None if argv is None else [__file__, *argv])
     print(json.dumps(report.get("batching_speedup", {})))

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["tfchargen.contract", "tfchargen.sampling", "tfchargen.rundir", "tfchargen.losses",
-           "tfchargen.callbacks", "tfchargen.vocab", "tfchargen.seeds"]
+           "tfchargen.callbacks", "tfchargen.vocab", "tfchargen.seeds", "tfchargen.batching"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -271,6 +271,18 @@ def test_hostile_requests_1000_fuzzed_then_good_requests_succeed(server):
     assert http_json("GET", f"{server.url}/v1/models/chargen")[0] == 200
 
 
+def test_the_rest_client_keeps_its_connection_and_replaces_one_the_server_closed(server):
+    c = RestClient(server.url, retries=0)
+    want = c.generate(["Today "], max_length=8, temperature=0.0)["text"]
+    (conn,) = c._idle
+    port = conn.sock.getsockname()[1]
+    assert c.generate(["Today "], max_length=8, temperature=0.0)["text"] == want
+    assert c._idle == [conn] and conn.sock.getsockname()[1] == port  # the same TCP connection
+    time.sleep(3)  # past the server's --read-timeout: it closes the idle connection
+    assert c.generate(["Today "], max_length=8, temperature=0.0)["text"] == want  # no retry needed
+    c.close()
+
+
 def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_requests(server, base, tiny_run):
     stop, failures, done = threading.Event(), [], [0]
 

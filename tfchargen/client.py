@@ -19,7 +19,8 @@ not retried (the server may still be working on the request).
 REST follows TF Serving's documented JSON mapping: strings are sent as JSON strings when
 they are valid UTF-8 and as ``{"b64": ...}`` otherwise (or always, ``always_b64=True``);
 output strings come back as JSON strings, or as ``{"b64": ...}`` for outputs whose name ends
-in ``_bytes``; both are decoded. Only the standard library is used for HTTP.
+in ``_bytes``; both are decoded. Only the standard library is used for HTTP
+(``http.client``); connections are kept alive and reused between requests.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import http.client
 import json
 import random
 import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 import numpy as np
 
@@ -215,10 +216,41 @@ class RestClient(_Client):
         self.url, self.model_name, self.version = url.rstrip("/"), model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.request_format, self.always_b64, self.sse = request_format, always_b64, sse
+        self._idle: list[http.client.HTTPConnection] = []  # kept-alive connections, one per caller at a time
+        self._lock = threading.Lock()
 
     def _model_url(self) -> str:
         url = f"{self.url}/v1/models/{self.model_name}"
         return url if self.version is None else f"{url}/versions/{int(self.version)}"
+
+    def _connection(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """(a connection to the server, whether it served a request before)."""
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop(), True
+        parts = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return cls(parts.hostname, parts.port, timeout=self.timeout), False
+
+    def _send(self, method: str, url: str, data: bytes | None, fresh: bool):
+        """One request -> (response, its connection); a kept-alive connection the server
+        has closed meanwhile is replaced once, which is not a retry."""
+        target = urllib.parse.urlsplit(url)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        headers = {"Content-Type": "application/json"}
+        while True:
+            conn, reused = self._connection(fresh)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                return conn.getresponse(), conn
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if not reused:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
 
     def _request(self, method: str, url: str, body: dict | None = None, keep: list | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode("utf-8")
@@ -226,35 +258,45 @@ class RestClient(_Client):
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(_backoff(attempt - 1, self.backoff))
-            req = urllib.request.Request(url, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
             try:
-                if keep is not None:  # the caller reads the body (and closes it)
-                    keep.append(urllib.request.urlopen(req, timeout=self.timeout))
+                resp, conn = self._send(method, url, data, fresh=keep is not None)
+                if keep is not None and resp.status == 200:  # the caller reads the body (and closes it)
+                    keep.append(resp)
                     return {}
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                text = e.read().decode("utf-8", "replace")
-                try:
-                    message = json.loads(text).get("error", text)
-                except (ValueError, AttributeError):
-                    message = text
-                if e.code == 503:
-                    last = ServingError(f"{method} {url}: HTTP 503 (unavailable): {message}", "HTTP 503", True)
-                    continue
-                raise ServingError(f"{method} {url}: HTTP {e.code}: {message}", f"HTTP {e.code}") from None
+                payload = resp.read()
             except (socket.timeout, TimeoutError) as e:
                 raise ServingError(f"{method} {url}: no answer within {self.timeout:g} s (timeout)",
                                    "DEADLINE_EXCEEDED") from e
-            except urllib.error.URLError as e:
-                if isinstance(e.reason, (socket.timeout, TimeoutError)):
-                    raise ServingError(f"{method} {url}: no answer within {self.timeout:g} s (timeout)",
-                                       "DEADLINE_EXCEEDED") from e
-                last = ServingError(f"{method} {url}: cannot connect: {e.reason}", "UNAVAILABLE", True)
-            except (ConnectionError, http.client.HTTPException) as e:
+            except (ConnectionRefusedError, socket.gaierror) as e:
+                last = ServingError(f"{method} {url}: cannot connect: {e}", "UNAVAILABLE", True)
+                continue
+            except (OSError, http.client.HTTPException) as e:
                 last = ServingError(f"{method} {url}: connection failed: {e!r}", "UNAVAILABLE", True)
+                continue
+            if resp.will_close or keep is not None:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+            if resp.status == 200:
+                return json.loads(payload.decode("utf-8"))
+            text = payload.decode("utf-8", "replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except (ValueError, AttributeError):
+                message = text
+            if resp.status == 503:
+                last = ServingError(f"{method} {url}: HTTP 503 (unavailable): {message}", "HTTP 503", True)
+                continue
+            raise ServingError(f"{method} {url}: HTTP {resp.status}: {message}", f"HTTP {resp.status}")
         raise ServingError(f"{last} (gave up after {self.retries + 1} attempts)", last.code, True)
+
+    def close(self):
+        """Closes the kept-alive connections (the client stays usable: it opens new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
         names = list(inputs)

@@ -20,12 +20,11 @@ clients, ``curl``) works unchanged:
   ``ModelService/GetModelStatus`` with the ``tensorflow-serving-api`` protos; errors are gRPC
   statuses with TensorFlow's code and message.
 
-Request batching: concurrent ``generate``/``serving_default`` requests are merged into one
-call of at most ``--max-batch`` rows, waiting at most ``--batch-timeout-ms`` for a batch to
-fill. Sampling is per row (a seeded row depends only on its own seed), so a request returns
-exactly what it returns alone. Batches never mix ``max_length`` buckets (BUCKETS): a short
-request waits only for requests at most about twice as long as itself. ``--max-batch 1``
-turns batching off (every request runs on its own, concurrently).
+Request batching (batching.py): concurrent ``generate``/``serving_default`` requests are
+merged into one call of at most ``--max-batch`` rows, waiting at most ``--batch-timeout-ms``
+for a batch to fill, grouped by ``max_length`` bucket. Sampling is per row, so a request
+returns exactly what it returns alone. ``--max-batch 1`` turns batching off (every request
+runs on its own, concurrently).
 
 Limits (LIMITS below): the body of a REST request, rows per request, concurrent
 connections/RPCs, and how long a client may take to send its request.
@@ -35,13 +34,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import bisect
-import collections
 import json
 import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -51,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from . import contract
+from .batching import Batcher, Stopped, max_length_bucket
 from .client import message_json
 
 # Documented limits: a request over one of them gets its error, never a crash or a hang.
@@ -63,8 +62,6 @@ LIMITS = dict(
     shutdown_grace_s=10.0,    # on SIGTERM, in-flight requests get this long to finish
 )
 POLL_SECONDS = 1.0  # how often the export base is listed (TF Serving's file_system_poll_wait_seconds)
-# max_length bucket edges: a batch holds requests of one bucket only (see module docstring).
-BUCKETS = (16, 32, 64, 128, 256, 512, 1024, contract.MAX_NEW_CHARS)
 BATCHED_SIGNATURES = ("serving_default", "generate")
 STREAM_SIGNATURES = ("start", "continue")
 
@@ -107,153 +104,6 @@ def log(line: str) -> None:
 # ------------------------------------------------------------------------------ one version
 
 
-def bucket_of(max_length: int) -> int:
-    """The batching bucket of a request whose longest row asks for ``max_length`` characters.
-
-    >>> [bucket_of(n) for n in (0, 16, 17, 100, 2048)]
-    [0, 0, 1, 3, 7]
-    """
-    return min(bisect.bisect_left(BUCKETS, max_length), len(BUCKETS) - 1)
-
-
-class _Task:
-    __slots__ = ("inputs", "rows", "future", "queued_at")
-
-    def __init__(self, inputs: dict, rows: int):
-        self.inputs, self.rows = inputs, rows
-        self.future = futures.Future()
-        self.queued_at = time.monotonic()
-
-
-class Batcher:
-    """Merges concurrent calls of one signature into batches of at most ``max_batch`` rows.
-
-    A batch closes when it is full or its oldest request has waited ``timeout_s``; it holds
-    requests of one bucket only (``bucket(inputs)``), whole requests in arrival order, and
-    the bucket whose oldest request waited longest goes first. ``threads`` batches run at
-    once; while they all run, requests keep queueing, so batches grow with the load. If a
-    merged call fails, each of its requests is re-run alone, so one request's error never
-    becomes another's.
-
-    Args:
-        fn: ``fn(inputs: {name: np.ndarray [B]}) -> {name: np.ndarray [B]}``.
-        max_batch: rows per batch.
-        timeout_s: the longest a request waits for others to join its batch.
-        threads: batches executing at once.
-        bucket: ``bucket(inputs) -> int``; requests of different buckets never share a batch.
-
-    >>> b = Batcher(lambda x: {"y": x["x"] * 2}, max_batch=8, timeout_s=0.002)
-    >>> b.submit({"x": np.array([1, 2])}).result()["y"].tolist()
-    [2, 4]
-    >>> b.stop()
-    """
-
-    def __init__(self, fn, max_batch: int, timeout_s: float, threads: int = 2, bucket=lambda inputs: 0,
-                 name: str = "batcher"):
-        self.fn, self.max_batch, self.timeout_s, self.bucket = fn, max_batch, timeout_s, bucket
-        self._queues: dict[int, collections.deque] = collections.defaultdict(collections.deque)
-        self._cv = threading.Condition()
-        self._free = threading.Semaphore(threads)
-        self._pool = futures.ThreadPoolExecutor(threads, thread_name_prefix=name)
-        self._stopping = False
-        self.batches = self.rows = 0  # counters, read by tests and the benchmark
-        self._thread = threading.Thread(target=self._schedule, name=f"{name}-scheduler", daemon=True)
-        self._thread.start()
-
-    def submit(self, inputs: dict) -> futures.Future:
-        rows = len(next(iter(inputs.values())))
-        task = _Task(inputs, rows)
-        if rows == 0 or rows >= self.max_batch:  # nothing to merge it with: run it as it is
-            self._pool.submit(self._run, [task])
-            return task.future
-        with self._cv:
-            if self._stopping:
-                raise ServerError("UNAVAILABLE", "the server is shutting down")
-            self._queues[self.bucket(inputs)].append(task)
-            self._cv.notify()
-        return task.future
-
-    def stop(self) -> None:
-        """Runs what is queued, then stops."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-
-    def _take(self) -> list[_Task] | None:
-        """The next batch when one is ready, else None (call with the lock held)."""
-        ready, oldest = None, None
-        now = time.monotonic()
-        for key, queue in self._queues.items():
-            if not queue:
-                continue
-            full = sum(t.rows for t in queue) >= self.max_batch
-            due = now - queue[0].queued_at >= self.timeout_s
-            if (full or due or self._stopping) and (oldest is None or queue[0].queued_at < oldest):
-                ready, oldest = key, queue[0].queued_at
-        if ready is None:
-            return None
-        queue, batch, rows = self._queues[ready], [], 0
-        while queue and rows + queue[0].rows <= self.max_batch:
-            task = queue.popleft()
-            batch.append(task)
-            rows += task.rows
-        return batch
-
-    def _wait_time(self) -> float | None:
-        heads = [q[0].queued_at for q in self._queues.values() if q]
-        return None if not heads else max(0.0, min(heads) + self.timeout_s - time.monotonic())
-
-    def _schedule(self) -> None:
-        while True:
-            self._free.acquire()  # form a batch only when a thread can run it
-            with self._cv:
-                while True:
-                    batch = self._take()
-                    if batch or (self._stopping and not any(self._queues.values())):
-                        break
-                    self._cv.wait(self._wait_time())
-            if not batch:
-                self._free.release()
-                return
-            self._pool.submit(self._run, batch, True)
-
-    def _run(self, batch: list[_Task], release: bool = False) -> None:
-        try:
-            if len(batch) == 1:
-                self._call_alone(batch[0])
-                return
-            names = list(batch[0].inputs)
-            merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in names}
-            try:
-                out = self.fn(merged)
-            except Exception:  # e.g. one request's bad control: each request gets its own answer
-                for task in batch:
-                    self._call_alone(task)
-                return
-            start = 0
-            for task in batch:
-                task.future.set_result({k: v[start:start + task.rows] for k, v in out.items()})
-                start += task.rows
-            self._count(sum(t.rows for t in batch))
-        finally:
-            if release:
-                self._free.release()
-
-    def _call_alone(self, task: _Task) -> None:
-        try:
-            task.future.set_result(self.fn(task.inputs))
-            self._count(task.rows)
-        except Exception as e:
-            task.future.set_exception(e)
-
-    def _count(self, rows: int) -> None:
-        with self._cv:
-            self.batches += 1
-            self.rows += rows
-
-
 def signature_def_map(path: str):
     """The SavedModel's SignatureDefMap (the ``serve`` MetaGraph), as TF Serving reports it."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -275,7 +125,8 @@ class Servable:
     Args:
         path: the version's directory.
         version: its number.
-        max_batch, batch_timeout_s, batch_threads: request batching (``max_batch`` 1 = off).
+        max_batch, batch_timeout_s, batch_threads: request batching (batching.py;
+            ``max_batch`` 1 = off).
 
     >>> s = Servable("models/chargen/1", 1)  # doctest: +SKIP
     >>> s.predict("generate", {"prompt": np.array([b"Today "], object), ...})  # doctest: +SKIP
@@ -295,10 +146,11 @@ class Servable:
         self.batchers = {}
         if max_batch > 1:
             for name in BATCHED_SIGNATURES:
-                if name in self.signatures:
-                    bucket = _max_length_bucket if "max_length" in self.inputs[name] else (lambda inputs: 0)
-                    self.batchers[name] = Batcher(self._caller(name), max_batch, batch_timeout_s, batch_threads,
-                                                  bucket, name=f"v{version}-{name}")
+                if name not in self.signatures:
+                    continue
+                bucket = max_length_bucket if "max_length" in self.inputs[name] else (lambda inputs: 0)
+                self.batchers[name] = Batcher(self._caller(name), max_batch, batch_timeout_s, batch_threads,
+                                              bucket, name=f"v{version}-{name}")
 
     def _caller(self, name: str):
         tf, fn, dtypes = self.tf, self.signatures[name], self.inputs[name]
@@ -325,7 +177,10 @@ class Servable:
         name = self.signature(signature_name)
         inputs = check_inputs(inputs, self.inputs[name])
         if name in self.batchers:
-            return self.batchers[name].submit(inputs).result()
+            try:
+                return self.batchers[name].submit(inputs).result()
+            except Stopped as e:
+                raise ServerError("UNAVAILABLE", str(e)) from None
         return self._caller(name)(inputs)
 
     def warm_up(self) -> int:
@@ -344,11 +199,6 @@ class Servable:
     def stop(self) -> None:
         for b in self.batchers.values():
             b.stop()
-
-
-def _max_length_bucket(inputs: dict) -> int:
-    lengths = inputs["max_length"]
-    return bucket_of(int(lengths.max()) if len(lengths) else 0)
 
 
 def check_inputs(inputs: dict, dtypes: dict) -> dict:
@@ -841,6 +691,9 @@ class RestHandler(BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.limits["read_timeout_s"]  # a slow or silent client is cut off
         super().setup()
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+        # holds the body back until the client's delayed ACK on a kept-alive connection.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):  # our own line per request instead (see _done)
         pass
@@ -1205,7 +1058,7 @@ class Server:
         name: model name (default: the base folder's name).
         host: address to bind (127.0.0.1 unless told).
         versions: "latest", "all" or a tuple of version numbers.
-        max_batch, batch_timeout_ms, batch_threads: request batching.
+        max_batch, batch_timeout_ms, batch_threads: request batching (batching.py).
 
     >>> with Server("models/chargen", port=0, grpc_port=0) as s:  # doctest: +SKIP
     ...     RestClient(s.rest_url, s.name).generate(["Today "])
