@@ -56,9 +56,10 @@ from .client import message_json
 LIMITS = dict(
     max_body_bytes=8 << 20,   # a REST body (HTTP 413 above) or a gRPC message
     max_rows=1024,            # rows per request (InvalidArgument above)
-    max_connections=64,       # concurrent REST connections (a :stream holds one) and gRPC calls (503 /
-                              # RESOURCE_EXHAUSTED above)
-    read_timeout_s=30.0,      # a client must send its whole request within this (then 408)
+    max_connections=256,      # concurrent REST connections (a :stream holds one; so does a kept-alive
+                              # idle one, until read_timeout_s) and gRPC calls (503 / RESOURCE_EXHAUSTED above)
+    read_timeout_s=30.0,      # a client must send its whole request within this (then 408); an idle
+                              # kept-alive connection is closed after it
     shutdown_grace_s=10.0,    # on SIGTERM, in-flight requests get this long to finish
 )
 POLL_SECONDS = 1.0  # how often the export base is listed (TF Serving's file_system_poll_wait_seconds)
