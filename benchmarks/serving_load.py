@@ -20,8 +20,9 @@ one prompt each, up to --max-length new characters:
     batching_off  the same server with --max-batch 1: every request runs on its own
     rest          a model server (e.g. TF Serving) at --url, if given
 
-Reported per (target, clients): requests/s and new characters/s over the wall time, and
-per-request latency percentiles (ms). Each target gets a few warm-up requests first.
+Reported per (target, clients, round): requests/s and new characters/s over the wall time,
+per-request latency percentiles (ms), and for the servers the mean rows per merged call;
+then per clients count the median and range over --rounds of batching on ÷ off. Each target gets a few warm-up requests first.
 Seeded requests (seed = request number) make every run generate the same text. This is a
 benchmark, not a test: the numbers depend on the machine and its load, recorded with them.
 """
@@ -216,7 +217,8 @@ def main(argv=None):
     p.add_argument("--model-name", default="chargen")
     p.add_argument("--targets", default="savedmodel,batching_on,batching_off")
     p.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrent client counts")
-    p.add_argument("--requests", type=int, default=8, help="requests per client")
+    p.add_argument("--requests", type=int, default=8, help="requests per client and round")
+    p.add_argument("--rounds", type=int, default=3, help="rotations over the targets per client count")
     p.add_argument("--max-length", type=int, default=100, help="new characters per prompt")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-batch", type=int, default=64)
@@ -250,10 +252,10 @@ def main(argv=None):
             servers = []
             try:
                 targets = start_targets(base, tf.saved_model.load(latest_version(base)), args, wanted, servers)
-                for clients in client_counts:
+                for clients, rnd in ((c, r) for c in client_counts for r in range(args.rounds)):
                     for name, (label, call, server) in targets.items():  # in rotation
                         before = server.batching() if server else None
-                        row = {"workload": workload, "target": name, "label": label,
+                        row = {"workload": workload, "target": name, "label": label, "round": rnd,
                                **run_load(call, clients, args.requests, args)}
                         if server:
                             calls, rows = (a - b for a, b in zip(server.batching(), before))
@@ -272,7 +274,8 @@ def main(argv=None):
     report = {
         "benchmark": "serving_load",
         "config": {"model": model_desc, "model_train_seconds": train_seconds, "workloads": list(bases),
-                   "clients": client_counts, "requests_per_client": args.requests, "prompts_per_request": 1,
+                   "clients": client_counts, "rounds": args.rounds, "requests_per_client": args.requests,
+                   "prompts_per_request": 1,
                    "max_length": args.max_length, "temperature": args.temperature,
                    "seed": "request number (seeded: same text every run)", "max_batch": args.max_batch,
                    "batch_timeout_ms": args.batch_timeout_ms, "warmup_requests": args.warmup, "url": args.url},
@@ -284,17 +287,26 @@ def main(argv=None):
             "latency_ms": "per-request wall time in the client thread (percentiles over all requests)",
             "batching_off": "tfchargen serve --max-batch 1: each request runs alone, concurrently",
             "mean_rows_per_call": "rows / signature calls of generate during the run (the server's metrics)",
+            "batching_speedup": "per round, batching_on / batching_off requests/s; the median and range over "
+                                "rounds; p99: medians over rounds",
         },
         "results": results,
     }
     for workload in bases:
         for clients in client_counts:
-            rows = {r["target"]: r for r in results if r["clients"] == clients and r["workload"] == workload}
+            rows = collections.defaultdict(list)  # target -> its rows, by round
+            for r in results:
+                if r["clients"] == clients and r["workload"] == workload:
+                    rows[r["target"]].append(r)
             if "batching_on" in rows and "batching_off" in rows:
-                on, off = rows["batching_on"], rows["batching_off"]
+                ratios = [on["requests_per_second"] / off["requests_per_second"]
+                          for on, off in zip(rows["batching_on"], rows["batching_off"])]
+                med = lambda target, key: float(np.median([key(r) for r in rows[target]]))  # noqa: E731
                 report.setdefault("batching_speedup", {}).setdefault(workload, {})[str(clients)] = {
-                    "requests_per_second": round(on["requests_per_second"] / off["requests_per_second"], 2),
-                    "p99_ms_on_vs_off": [round(on["latency_ms"]["p99"], 1), round(off["latency_ms"]["p99"], 1)]}
+                    "requests_per_second": round(float(np.median(ratios)), 2),
+                    "requests_per_second_range": [round(min(ratios), 2), round(max(ratios), 2)],
+                    "p99_ms_on_vs_off": [round(med(t, lambda r: r["latency_ms"]["p99"]), 1)
+                                         for t in ("batching_on", "batching_off")]}
     machine = {**common.machine_info(), "loadavg_before": load_before, "loadavg_after": load_after}
     common.write_result(args.out, report, machine=machine, argv=None if argv is None else [__file__, *argv])
     print(json.dumps(report.get("batching_speedup", {})))
