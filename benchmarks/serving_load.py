@@ -15,7 +15,7 @@ one prompt each, up to --max-length new characters:
 
     savedmodel    the SavedModel's `generate` signature called in this process
                   (tf.saved_model.load): no network, no serialization, no batching
-    batching_on   `tfchargen serve` (a subprocess) with --max-batch 64 --batch-timeout-ms 2,
+    batching_on   `tfchargen serve` (a subprocess) with --max-batch 64 and the default timeout,
                   called over REST through tfchargen.client
     batching_off  the same server with --max-batch 1: every request runs on its own
     rest          a model server (e.g. TF Serving) at --url, if given
@@ -48,6 +48,7 @@ import tensorflow as tf
 import common  # next to this script
 from common import DEFAULT_DATA, REPO
 from tfchargen import export as export_lib
+from tfchargen.batching import DEFAULT_TIMEOUT_MS
 from tfchargen.client import RestClient, ServingError
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
 
@@ -194,7 +195,7 @@ def start_targets(base: str, loaded, args, wanted, servers: list) -> dict:
     for name, batch in (("batching_on", args.max_batch), ("batching_off", 1)):
         if name in wanted:
             s = ServeProcess(base, args.model_name, "--max-batch", str(batch),
-                             "--batch-timeout-ms", str(args.batch_timeout_ms))
+                             "--batch-timeout-ms", str(args.batch_timeout_ms), "--batch-threads", str(args.batch_threads))
             servers.append(s)
             targets[name] = (" ".join(["tfchargen serve", *s.cmd[4:]]), client_caller(
                 lambda url=s.url: RestClient(url, args.model_name, timeout=args.timeout)), s)
@@ -222,7 +223,8 @@ def main(argv=None):
     p.add_argument("--max-length", type=int, default=100, help="new characters per prompt")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--batch-timeout-ms", type=float, default=2.0)
+    p.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS)
+    p.add_argument("--batch-threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=int, default=3, help="requests per target before measuring")
     p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
@@ -278,7 +280,7 @@ def main(argv=None):
                    "prompts_per_request": 1,
                    "max_length": args.max_length, "temperature": args.temperature,
                    "seed": "request number (seeded: same text every run)", "max_batch": args.max_batch,
-                   "batch_timeout_ms": args.batch_timeout_ms, "warmup_requests": args.warmup, "url": args.url},
+                   "batch_timeout_ms": args.batch_timeout_ms, "batch_threads": args.batch_threads, "warmup_requests": args.warmup, "url": args.url},
         "definitions": {
             "as_trained": "the model as exported: a request ends at its first <eos> (lengths vary)",
             "full_length": "the same weights with <eos> impossible: every request generates max_length characters",

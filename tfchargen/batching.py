@@ -24,6 +24,9 @@ from . import contract
 
 # max_length bucket edges of Batcher: a batch holds requests of one bucket only.
 BUCKETS = (16, 32, 64, 128, 256, 512, 1024, contract.MAX_NEW_CHARS)
+# The default wait for a batch to fill (--batch-timeout-ms): short next to a generation's tens
+# of milliseconds, long enough for clients answered by one batch to send their next requests.
+DEFAULT_TIMEOUT_MS = 5.0
 MAX_WAIT_TIMEOUTS = 10  # a batch that keeps growing closes this many timeouts after it could run
 
 

@@ -21,8 +21,8 @@ clients, ``curl``) works unchanged:
   statuses with TensorFlow's code and message.
 
 Request batching (batching.py): concurrent ``generate``/``serving_default`` requests are
-merged into one call of at most ``--max-batch`` rows, waiting at most ``--batch-timeout-ms``
-for a batch to fill, grouped by ``max_length`` bucket. Sampling is per row, so a request
+merged into one call of at most ``--max-batch`` rows, which closes once no request has joined
+it for ``--batch-timeout-ms``, grouped by ``max_length`` bucket. Sampling is per row, so a request
 returns exactly what it returns alone. ``--max-batch 1`` turns batching off (every request
 runs on its own, concurrently).
 
@@ -49,7 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from . import contract
-from .batching import Batcher, Stopped, max_length_bucket
+from .batching import DEFAULT_TIMEOUT_MS, Batcher, Stopped, max_length_bucket
 from .client import message_json
 
 # Documented limits: a request over one of them gets its error, never a crash or a hang.
@@ -133,7 +133,7 @@ class Servable:
     >>> s.predict("generate", {"prompt": np.array([b"Today "], object), ...})  # doctest: +SKIP
     """
 
-    def __init__(self, path: str, version: int, max_batch: int = 64, batch_timeout_s: float = 0.002,
+    def __init__(self, path: str, version: int, max_batch: int = 64, batch_timeout_s: float = DEFAULT_TIMEOUT_MS / 1000,
                  batch_threads: int = 2):
         import tensorflow as tf
 
@@ -1067,7 +1067,7 @@ class Server:
 
     def __init__(self, model: str, name: str | None = None, host: str = "127.0.0.1", port: int = 8501,
                  grpc_port: int | None = 8500, versions="latest", max_batch: int = 64,
-                 batch_timeout_ms: float = 2.0, batch_threads: int = 2, poll_seconds: float = POLL_SECONDS,
+                 batch_timeout_ms: float = DEFAULT_TIMEOUT_MS, batch_threads: int = 2, poll_seconds: float = POLL_SECONDS,
                  read_timeout_s: float = LIMITS["read_timeout_s"]):
         if not os.path.isdir(model):
             raise FileNotFoundError(f"no such model directory: {model}")
@@ -1143,8 +1143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--versions", type=parse_versions, default="latest",
                    help="latest (default), all, or comma-separated version numbers")
     p.add_argument("--max-batch", type=int, default=64, help="rows per merged batch (default 64; 1 = no batching)")
-    p.add_argument("--batch-timeout-ms", type=float, default=2.0,
-                   help="longest wait for a batch to fill (default 2)")
+    p.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_TIMEOUT_MS,
+                   help=f"a batch closes once no request has joined it for this long (default {DEFAULT_TIMEOUT_MS:g})")
     p.add_argument("--batch-threads", type=int, default=2, help="batches run at once (default 2)")
     p.add_argument("--poll-seconds", type=float, default=POLL_SECONDS,
                    help=f"how often to look for new versions (default {POLL_SECONDS:g})")
