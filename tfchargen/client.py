@@ -263,7 +263,11 @@ class RestClient(_Client):
                 if keep is not None and resp.status == 200:  # the caller reads the body (and closes it)
                     keep.append(resp)
                     return {}
-                payload = resp.read()
+                try:
+                    payload = resp.read()
+                except BaseException:
+                    conn.close()
+                    raise
             except (socket.timeout, TimeoutError) as e:
                 raise ServingError(f"{method} {url}: no answer within {self.timeout:g} s (timeout)",
                                    "DEADLINE_EXCEEDED") from e
