@@ -1,5 +1,7 @@
 """Shared fixtures, one per artifact: the AG News CSV from ../shared, one tiny trained run,
-its export, that export's version directory, and the C and Go clients built from export/.
+its export (written by the training command), that export's version directory, the run's
+held-out evaluation, and the C and Go clients built from export/. Each is made once per
+session: training, exporting and starting TensorFlow are what the slow tests spend.
 
 A test that uses a fixture in SLOW_FIXTURES (it trains, exports or builds) must be marked
 ``@pytest.mark.slow``: collection stops with an error naming any test that is not, so the
@@ -7,6 +9,7 @@ fast layer (``pytest -m "not slow"``) never trains. Tests that spawn processes t
 are marked by hand.
 """
 
+import json
 import os
 import pathlib
 import shutil
@@ -14,6 +17,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tfchargen.contract import versions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "ag_news_csv" / "test.csv").resolve()
@@ -55,34 +60,79 @@ def data_path():
     return DATA
 
 
+def cli_env(env=None):
+    """The environment run_cli gives the command: ours, TensorFlow's C++ logging quieted."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+
+
 def run_cli(*args, timeout=600, env=None):
     """Runs `python -m tfchargen ARGS` in a fresh process; returns CompletedProcess."""
-    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
     return subprocess.run([sys.executable, "-m", "tfchargen", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=ROOT)
+
+
+def run_together(*commands, timeout=600, env=None, cwd=ROOT):
+    """Runs each command (an argv list) in a fresh process of its own, all of them at once;
+    returns their CompletedProcess objects in order. Starting TensorFlow is most of a short
+    command and runs on one core: independent commands started together use both.
+
+    On a timeout every process is killed and the test fails (it never hangs)."""
+    commands = [[os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in c] for c in commands]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+             for c in commands]
+    results = []
+    try:
+        for c, p in zip(commands, procs):
+            out, err = p.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(c, p.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.communicate()
+        pytest.fail(f"commands did not finish within {timeout} s: {commands}")
+    return results
+
+
+def run_clis(*arg_lists, timeout=600, env=None):
+    """run_cli for each argument list, all at once (see run_together); CompletedProcess list."""
+    return run_together(*[[sys.executable, "-m", "tfchargen", *args] for args in arg_lists], timeout=timeout,
+                        env=cli_env(env))
+
+
+# The serving_default defaults of the tiny run's export: greedy, 12 new characters.
+TINY_SERVING_DEFAULTS = ("--default-max-length", 12, "--default-temperature", 0)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, data_path):
-    """A tiny LSTM trained for 2 x 100 steps on rows 1-6000 through the real CLI."""
+    """A tiny LSTM trained for 2 x 100 steps on rows 1-6000 through the real CLI, which
+    exports it at the end (``tiny_model``)."""
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     r = run_cli("train", "--preset", "tiny", "--run-dir", run_dir, "--train-data", TRAIN,
-                "--eval-data", HELDOUT, "--seed", 3, "--sample-every", 0)
+                "--eval-data", HELDOUT, "--seed", 3, "--sample-every", 0, *TINY_SERVING_DEFAULTS)
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_run, tmp_path_factory):
-    """The tiny run exported once through the real CLI; returns the export base (version 1 inside).
+def tiny_model(tiny_run):
+    """The export base `tfchargen train` wrote for the tiny run (RUN_DIR/export, version 1
+    inside), written in the training process after training, as users get it.
 
     Greedy, 12-character serving defaults. Tests only read it; one that adds versions takes
     ``tiny_model_copy``."""
-    base = tmp_path_factory.mktemp("shared-models") / "chargen"
-    r = run_cli("export", "--run-dir", tiny_run, "--export-base", base, "--default-max-length", 12,
-                "--default-temperature", 0)
-    assert r.returncode == 0, r.stderr[-3000:]
+    base = tiny_run / "export"
+    assert versions(str(base)) == [1], sorted(os.listdir(base))
     return base
+
+
+@pytest.fixture(scope="session")
+def tiny_run_heldout(tiny_run):
+    """`tfchargen evaluate --run-dir` of the tiny run on the held-out rows: its JSON line."""
+    r = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
