@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -149,17 +150,68 @@ def tiny_model_copy(tiny_model, tmp_path):
     return copy
 
 
-def _make(directory, *targets, timeout=300):
-    r = subprocess.run(["make", "-C", str(directory), f"PYTHON={sys.executable}", *targets], capture_output=True,
-                       text=True, timeout=timeout)
+# The native clients' builds: (directory, timeout in seconds) by fixture name.
+BUILDS = {"c_client": (C_DIR, 300), "go_client": (GO_DIR, 600)}
+_started_builds = {}  # fixture name -> (Popen of its `make`, the file its output goes to)
+
+
+def _make_command(directory, *targets):
+    return ["make", "-C", str(directory), f"PYTHON={sys.executable}", *targets]
+
+
+def pytest_collection_finish(session):
+    """Starts `make` for each client a selected test needs, in the background: compiling
+    runs beside the tests before the first one that uses the client, whose fixture waits."""
+    if session.config.option.collectonly:
+        return
+    needed = set()
+    for item in session.items:
+        # A fixture by name, or a parametrized one that looks the client up by a parameter
+        # ("c" -> c_client, as tests/test_native_clients.py's `client` does).
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        needed |= {name for name in BUILDS if name in item.fixturenames
+                   or name in {f"{v}_client" for v in params.values() if isinstance(v, str)}}
+    for name in sorted(needed):
+        if name == "go_client" and shutil.which("go") is None:
+            continue  # the fixture skips or fails with the reason
+        log = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(_make_command(BUILDS[name][0]), stdout=log, stderr=subprocess.STDOUT, text=True)
+        _started_builds[name] = (proc, log)
+
+
+def pytest_sessionfinish(session):
+    for proc, log in _started_builds.values():  # a build no test waited for
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _make(name):
+    """Waits for the client's background `make` (or runs it now if none was started); fails
+    with make's output if it failed."""
+    directory, timeout = BUILDS[name]
+    if name not in _started_builds:
+        r = subprocess.run(_make_command(directory), capture_output=True, text=True, timeout=timeout)
+        output = r.stdout + r.stderr
+    else:
+        proc, log = _started_builds[name]
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"make -C {directory} did not finish within {timeout} s")
+        log.seek(0)
+        output, r = log.read(), proc
     if r.returncode != 0:
-        pytest.fail(f"make -C {directory} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        pytest.fail(f"make -C {directory} failed:\n{output[-6000:]}")
 
 
 @pytest.fixture(scope="session")
 def c_client():
     """export/c's tfchargen-c, built with its documented `make`."""
-    _make(C_DIR)
+    _make("c_client")
     binary = C_DIR / "tfchargen-c"
     assert binary.exists()
     return binary
@@ -170,7 +222,7 @@ def go_client():
     """export/go's tfchargen-go, built with its documented `make` (needs a Go toolchain)."""
     if shutil.which("go") is None:
         skip_or_fail("no Go toolchain (apt-get install golang-go); .ci/run installs it")
-    _make(GO_DIR, timeout=600)
+    _make("go_client")
     binary = GO_DIR / "tfchargen-go"
     assert binary.exists()
     return binary
