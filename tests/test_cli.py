@@ -12,7 +12,7 @@ from tfchargen import cli, config, contract
 from tfchargen.config import DEFAULTS
 from tfchargen.contract import SERVING_DEFAULTS
 
-from conftest import HELDOUT, ROOT
+from conftest import HELDOUT, ROOT, run_together
 
 
 def errors(capsys, *argv):
@@ -124,9 +124,11 @@ def user_env():
     return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def tfchargen_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "tfchargen", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=user_env(), cwd=ROOT)
+def tfchargen_clis(*arg_lists, timeout=300):
+    """`python -m tfchargen ARGS` for each argument list, in a user's environment, all at once
+    (run_together); CompletedProcess objects in order."""
+    return run_together(*[[sys.executable, "-m", "tfchargen", *args] for args in arg_lists], timeout=timeout,
+                        env=user_env())
 
 
 def python(code, timeout=300):
@@ -136,20 +138,26 @@ def python(code, timeout=300):
 
 @pytest.mark.slow
 def test_help_and_errors_are_quiet_and_first(tiny_model):
-    r = tfchargen_cli("--help")
+    helped, refused, missing, quiet, verbose = tfchargen_clis(
+        ["--help"],
+        ["generate", "--model", tiny_model, "--max-length", 5000],
+        ["evaluate", "--model", tiny_model, "--data", "csv:/no/such.csv"],
+        ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5],
+        ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5, "--verbose"])
+    r = helped
     assert r.returncode == 0 and r.stdout.startswith("usage: tfchargen") and r.stderr == "", r.stderr
     # Refused before the model loads.
-    r = tfchargen_cli("generate", "--model", tiny_model, "--max-length", 5000)
+    r = refused
     assert r.returncode == 2
     assert r.stderr.splitlines() == [f"tfchargen generate: error: argument --max-length: {contract.MSG_MAX_LENGTH_HIGH}"]
     # Found after TensorFlow has started: still the first and only line.
-    r = tfchargen_cli("evaluate", "--model", tiny_model, "--data", "csv:/no/such.csv")
+    r = missing
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
     assert r.stderr.startswith("tfchargen evaluate: error: ") and "no such file" in r.stderr
     # A command that loads TensorFlow and runs the model writes nothing to stderr.
-    r = tfchargen_cli("generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5)
+    r = quiet
     assert r.returncode == 0 and r.stdout.startswith("Today ") and r.stderr == "", r.stderr[-2000:]
-    r = tfchargen_cli("generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5, "--verbose")
+    r = verbose
     assert r.returncode == 0 and r.stdout.startswith("Today "), r.stderr[-2000:]
 
 
@@ -179,13 +187,18 @@ def test_generate_with_a_model_loads_no_training_code(tiny_model):
 
 @pytest.mark.slow
 def test_hints_for_a_run_dir_an_export_and_a_missing_version(tiny_run, tiny_model):
-    r = tfchargen_cli("generate", "--model", tiny_run)
+    run_as_model, run_as_model_evaluate, model_as_run, missing_version = tfchargen_clis(
+        ["generate", "--model", tiny_run],
+        ["evaluate", "--model", tiny_run, "--data", HELDOUT],
+        ["evaluate", "--run-dir", tiny_model, "--data", HELDOUT],
+        ["generate", "--model", tiny_model, "--version", 9])
+    r = run_as_model
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
     assert f"{tiny_run} is a run dir" in r.stderr and "tfchargen export --run-dir" in r.stderr
-    r = tfchargen_cli("evaluate", "--model", tiny_run, "--data", HELDOUT)
+    r = run_as_model_evaluate
     assert r.returncode == 2 and f"--run-dir {tiny_run}" in r.stderr, r.stderr[-2000:]
-    r = tfchargen_cli("evaluate", "--run-dir", tiny_model, "--data", HELDOUT)
+    r = model_as_run
     assert r.returncode == 2 and "is an exported model" in r.stderr and f"--model {tiny_model}" in r.stderr
-    r = tfchargen_cli("generate", "--model", tiny_model, "--version", 9)
+    r = missing_version
     assert r.returncode == 2 and r.stderr.splitlines() == [
         f"tfchargen generate: error: no SavedModel at {tiny_model}/9 (versions there: 1)"], r.stderr

@@ -3,14 +3,13 @@
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import HELDOUT, ROOT, run_cli
+from conftest import HELDOUT, run_clis, run_together
 from tfchargen import contract
 from tfchargen import export as export_lib
 from tfchargen import generate as gen_lib
@@ -52,10 +51,24 @@ print(json.dumps({"text": [t.decode("utf-8") for t in out["text"].numpy()],
 """
 
 
-def test_fresh_process_without_tensorflow_text_matches_in_memory(version_dir, gen):
-    code = FRESH.replace("PROMPTS", json.dumps(PROMPTS))
-    r = subprocess.run([sys.executable, "-c", code, str(version_dir)], capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+SAVED_MODEL_CLI_EXPRS = ('prompt=["Today ",""];max_length=[15,4];temperature=[0.0,0.0];top_k=[0,0];top_p=[1.0,1.0];'
+                         'seed=[0,0]')
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(version_dir):
+    """The export in two fresh processes started at once: FRESH (tf.saved_model.load) and
+    saved_model_cli (the session-based loader); their CompletedProcess objects by name."""
+    fresh, cli = run_together(
+        [sys.executable, "-c", FRESH.replace("PROMPTS", json.dumps(PROMPTS)), version_dir],
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir", version_dir, "--tag_set",
+         "serve", "--signature_def", "generate", "--input_exprs", SAVED_MODEL_CLI_EXPRS],
+        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    return {"fresh": fresh, "saved_model_cli": cli}
+
+
+def test_fresh_process_without_tensorflow_text_matches_in_memory(fresh_runs, gen):
+    r = fresh_runs["fresh"]
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     want = call(gen, PROMPTS)
@@ -65,11 +78,8 @@ def test_fresh_process_without_tensorflow_text_matches_in_memory(version_dir, ge
     np.testing.assert_allclose(got["score"], gen.score(tf.constant(PROMPTS))["nats_per_char"].numpy(), rtol=1e-5)
 
 
-def test_session_loader_saved_model_cli(version_dir, gen):
-    exprs = 'prompt=["Today ",""];max_length=[15,4];temperature=[0.0,0.0];top_k=[0,0];top_p=[1.0,1.0];seed=[0,0]'
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
-                        str(version_dir), "--tag_set", "serve", "--signature_def", "generate",
-                        "--input_exprs", exprs], capture_output=True, text=True, timeout=300)
+def test_session_loader_saved_model_cli(fresh_runs, gen):
+    r = fresh_runs["saved_model_cli"]
     assert r.returncode == 0, r.stderr[-3000:]
     want = call(gen, ["Today ", ""], max_length=[15, 4])
     text_line = r.stdout.split("Result for output key text:")[1].strip().splitlines()[0]
@@ -181,18 +191,19 @@ def test_score_equals_the_training_loss(gen):
     assert float(got["log_prob"][0]) == pytest.approx(-want * len(text), rel=1e-5)
 
 
-def test_cli_generate_and_evaluate_use_the_savedmodel(tiny_model, tiny_run):
-    r = run_cli("generate", "--model", tiny_model, "--prompt", "Today ", "--prompt", "On Sunday ",
-                "--max-length", 20, "--temperature", 0.8, "--seed", 7, "--num-samples", 2, "--json")
+def test_cli_generate_and_evaluate_use_the_savedmodel(tiny_model, tiny_run_heldout):
+    r, temps, by_model = run_clis(
+        ["generate", "--model", tiny_model, "--prompt", "Today ", "--prompt", "On Sunday ", "--max-length", 20,
+         "--temperature", 0.8, "--seed", 7, "--num-samples", 2, "--json"],
+        ["generate", "--model", tiny_model, "--temperatures", "0.3,0.8,1.0,1.3,1.8", "--max-length", 10],
+        ["evaluate", "--model", tiny_model, "--data", HELDOUT])
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(rows) == 4 and all(row["text"].startswith(row["prompt"]) for row in rows)
     assert all(row["num_chars"] <= 20 for row in rows)
-    r = run_cli("generate", "--model", tiny_model, "--temperatures", "0.3,0.8,1.0,1.3,1.8", "--max-length", 10)
-    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 5
-    by_model = run_cli("evaluate", "--model", tiny_model, "--data", HELDOUT)
-    by_run = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
-    a, b = (json.loads(x.stdout.strip().splitlines()[-1]) for x in (by_model, by_run))
+    assert temps.returncode == 0 and len(temps.stdout.strip().splitlines()) == 5, temps.stderr[-2000:]
+    assert by_model.returncode == 0, by_model.stderr[-2000:]
+    a, b = json.loads(by_model.stdout.strip().splitlines()[-1]), tiny_run_heldout  # b: evaluate --run-dir
     assert a["chars"] == b["chars"] and a["nats_per_char"] == pytest.approx(b["nats_per_char"], rel=1e-5)
 
 
@@ -202,12 +213,11 @@ def test_versions_are_atomic_and_increment(tiny_model_copy, tiny_run):
     path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
     assert os.path.basename(path) == "2" and contract.versions(str(exported)) == [1, 2]
     assert not [d for d in os.listdir(exported) if d.startswith(".tmp")]
-    r = run_cli("generate", "--model", exported, "--version", 7)
-    assert r.returncode == 2 and "no SavedModel" in r.stderr
     empty = exported.parent / "empty"
     empty.mkdir()
-    r = run_cli("generate", "--model", empty)
-    assert r.returncode == 2 and "no model versions" in r.stderr and "Traceback" not in r.stderr
+    r, r_empty = run_clis(["generate", "--model", exported, "--version", 7], ["generate", "--model", empty])
+    assert r.returncode == 2 and "no SavedModel" in r.stderr
+    assert r_empty.returncode == 2 and "no model versions" in r_empty.stderr and "Traceback" not in r_empty.stderr
 
 
 def test_xla_loop_matches_the_plain_loop(gen, tiny_run):

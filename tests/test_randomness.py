@@ -17,41 +17,46 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_clis
 from tfchargen import seeds
 
 ROWS, CHARS = 8, 40
 
-# Rows seeded 1..ROWS, then ROWS unseeded rows, each call made twice in one process; then
-# the seeded row 3 alone (batch invariance). One JSON line of texts per call.
-PYTHON_LOADER = r"""
+# Both runtimes in one fresh process (starting TensorFlow is most of its time): the
+# session-based loader first, as TF Serving and the C API run it, with nothing loaded
+# before it; then Python's tf.saved_model.load. For each: rows seeded 1..ROWS, then ROWS
+# unseeded rows, the call made twice; then the seeded row 3 alone (batch invariance).
+# One JSON line of texts per runtime and call.
+LOADERS = r"""
 import json, sys
 import tensorflow as tf
 n, chars = int(sys.argv[2]), int(sys.argv[3])
-f = tf.saved_model.load(sys.argv[1]).signatures["generate"]
-def call(seed):
-    b = len(seed)
-    r = f(prompt=tf.constant(["Today "] * b), max_length=tf.fill([b], chars), temperature=tf.ones([b]),
-          top_k=tf.zeros([b], tf.int32), top_p=tf.ones([b]), seed=tf.constant(seed, tf.int64))
-    return [t.decode("utf-8") for t in r["text"].numpy()]
 batch = list(range(1, n + 1)) + [0] * n
-print(json.dumps({"calls": [call(batch), call(batch)], "alone": call([3])}))
-"""
 
-SESSION_LOADER = r"""
-import json, sys
-import tensorflow as tf
-n, chars = int(sys.argv[2]), int(sys.argv[3])
-with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
-    sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], sys.argv[1]).signature_def["generate"]
+
+def session_loader():
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as sess:
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], sys.argv[1]).signature_def["generate"]
+        def call(seed):
+            b = len(seed)
+            feeds = dict(prompt=["Today "] * b, max_length=[chars] * b, temperature=[1.0] * b, top_k=[0] * b,
+                         top_p=[1.0] * b, seed=seed)
+            out = sess.run(sig.outputs["text"].name, {sig.inputs[k].name: v for k, v in feeds.items()})
+            return [t.decode("utf-8") for t in out]
+        return {"calls": [call(batch), call(batch)], "alone": call([3])}
+
+
+def python_loader():
+    f = tf.saved_model.load(sys.argv[1]).signatures["generate"]
     def call(seed):
         b = len(seed)
-        feeds = dict(prompt=["Today "] * b, max_length=[chars] * b, temperature=[1.0] * b, top_k=[0] * b,
-                     top_p=[1.0] * b, seed=seed)
-        out = sess.run(sig.outputs["text"].name, {sig.inputs[k].name: v for k, v in feeds.items()})
-        return [t.decode("utf-8") for t in out]
-    batch = list(range(1, n + 1)) + [0] * n
-    print(json.dumps({"calls": [call(batch), call(batch)], "alone": call([3])}))
+        r = f(prompt=tf.constant(["Today "] * b), max_length=tf.fill([b], chars), temperature=tf.ones([b]),
+              top_k=tf.zeros([b], tf.int32), top_p=tf.ones([b]), seed=tf.constant(seed, tf.int64))
+        return [t.decode("utf-8") for t in r["text"].numpy()]
+    return {"calls": [call(batch), call(batch)], "alone": call([3])}
+
+
+print(json.dumps({"session": session_loader(), "python": python_loader()}))
 """
 
 
@@ -119,22 +124,25 @@ def _check(a, b):
     assert a["alone"] == b["alone"] == [a["calls"][0][2]]
 
 
-@pytest.mark.slow
-def test_unseeded_is_fresh_per_process_python_loader(trained_export):
-    _check(*_run_twice(PYTHON_LOADER, trained_export))
+@pytest.fixture(scope="module")
+def two_processes(trained_export):
+    """LOADERS' answers from two fresh processes run at once."""
+    return _run_twice(LOADERS, trained_export)
 
 
 @pytest.mark.slow
-def test_unseeded_is_fresh_per_process_session_loader(trained_export):
-    _check(*_run_twice(SESSION_LOADER, trained_export))
+def test_unseeded_is_fresh_per_process_python_loader(two_processes):
+    _check(*(answer["python"] for answer in two_processes))
 
 
 @pytest.mark.slow
-def test_unseeded_is_fresh_per_process_c_client(trained_export):
-    r = subprocess.run(["make", "-C", str(ROOT / "export" / "c"), f"PYTHON={sys.executable}"], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    binary = str(ROOT / "export" / "c" / "tfchargen-c")
+def test_unseeded_is_fresh_per_process_session_loader(two_processes):
+    _check(*(answer["session"] for answer in two_processes))
+
+
+@pytest.mark.slow
+def test_unseeded_is_fresh_per_process_c_client(trained_export, c_client):
+    binary = str(c_client)
     common = ["--temperature", "1", "--max-length", str(CHARS)]
     args = [[*common, "--seed", "0"]] * 2 + [[*common, "--seed", "5"]] * 2
     procs = [subprocess.Popen([binary, *a, str(trained_export), *["Today "] * ROWS], stdout=subprocess.PIPE,
@@ -156,7 +164,7 @@ def test_num_samples_differ_and_reproduce(trained_export):
     same in a second process."""
     args = ["generate", "--model", trained_export.parent, "--prompt", "Today ", "--prompt", "Today ",
             "--num-samples", 3, "--seed", 5, "--temperature", 1, "--max-length", CHARS]
-    first, second = run_cli(*args), run_cli(*args)
+    first, second = run_clis(args, args)  # two processes at once
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:]
     lines = first.stdout.splitlines()
     assert len(lines) == 6 and len(set(lines)) == 6

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_clis, run_together
 from tfchargen import config, contract
 from tfchargen import generate as gen_lib
 from tfchargen import model as model_lib
@@ -250,10 +250,24 @@ print(json.dumps({"generate": [c.decode() for c in one["continuation"]], "genera
 """ % (LONG, LONG)
 
 
+START_EXPRS = 'prompt=["Today "];max_length=[5];temperature=[0.0];top_k=[0];top_p=[1.0];seed=[0]'
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(export_base):
+    """The export in two fresh processes started at once: FRESH (tf.saved_model.load and
+    tfchargen.streaming) and saved_model_cli running `start` (the session-based loader)."""
+    fresh, cli = run_together(
+        [sys.executable, "-c", FRESH, export_base / "1"],
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir", export_base / "1",
+         "--tag_set", "serve", "--signature_def", "start", "--input_exprs", START_EXPRS],
+        timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
+    return {"fresh": fresh, "saved_model_cli": cli}
+
+
 @pytest.mark.slow
-def test_fresh_process_streams_equal_generate_and_pass_2048_characters(export_base):
-    r = subprocess.run([sys.executable, "-c", FRESH, str(export_base / "1")], capture_output=True, text=True,
-                       timeout=900, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
+def test_fresh_process_streams_equal_generate_and_pass_2048_characters(fresh_runs):
+    r = fresh_runs["fresh"]
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     gen_text, gen_lp = got["generate"], got["generate_lp"]
@@ -286,27 +300,27 @@ def test_in_process_states_continue_on_the_export_and_foreign_ones_are_refused(e
 
 
 @pytest.mark.slow
-def test_saved_model_cli_runs_start(export_base):
-    exprs = 'prompt=["Today "];max_length=[5];temperature=[0.0];top_k=[0];top_p=[1.0];seed=[0]'
-    r = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
-                        str(export_base / "1"), "--tag_set", "serve", "--signature_def", "start",
-                        "--input_exprs", exprs], capture_output=True, text=True, timeout=300)
+def test_saved_model_cli_runs_start(fresh_runs):
+    r = fresh_runs["saved_model_cli"]
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Result for output key state_bytes" in r.stdout and "Result for output key continuation" in r.stdout
 
 
 @pytest.mark.slow
 def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(export_base):
-    args = ["--model", export_base, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21]
-    one = run_cli("generate", *args, "--max-length", 300)
-    streamed = run_cli("generate", *args, "--max-length", 300, "--stream", "--chunk", 64)
+    args = ["generate", "--model", export_base, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21]
+    one, streamed, long, two_prompts, big_chunk = run_clis(
+        [*args, "--max-length", 300],
+        [*args, "--max-length", 300, "--stream", "--chunk", 64],
+        [*args, "--max-length", 3000, "--stream", "--chunk", 2048],
+        ["generate", "--model", export_base, "--stream", "--prompt", "a", "--prompt", "b"],
+        ["generate", "--model", export_base, "--stream", "--chunk", 5000])
     assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
     assert streamed.stdout == one.stdout and len(one.stdout) == len("Today ") + 300 + 1
-    long = run_cli("generate", *args, "--max-length", 3000, "--stream", "--chunk", 2048)
     assert long.returncode == 0 and long.stdout.startswith(one.stdout[:-1]) and len(long.stdout) == 6 + 3000 + 1
-    bad = run_cli("generate", "--model", export_base, "--stream", "--prompt", "a", "--prompt", "b")
+    bad = two_prompts
     assert bad.returncode == 2 and "--stream prints one text" in bad.stderr and "Traceback" not in bad.stderr
-    bad = run_cli("generate", "--model", export_base, "--stream", "--chunk", 5000)
+    bad = big_chunk
     assert bad.returncode == 2 and "--chunk must be in 1..2048" in bad.stderr
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from conftest import HELDOUT, ROOT, TRAIN, run_cli
+from conftest import HELDOUT, ROOT, TRAIN, run_cli, run_clis
 from tfchargen import config, sources
 from tfchargen.vocab import normalize_py
 
@@ -45,10 +45,8 @@ def test_short_run_beats_unigram_entropy(tiny_run):
 
 
 @pytest.mark.slow
-def test_evaluate_agrees_with_training_metrics(tiny_run):
-    r = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+def test_evaluate_agrees_with_training_metrics(tiny_run, tiny_run_heldout):
+    out = tiny_run_heldout  # `tfchargen evaluate --run-dir` in a fresh process
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert out["nats_per_char"] == pytest.approx(metrics[-1]["eval_nats_per_char"], rel=1e-5)
     assert out["perplexity"] == pytest.approx(math.exp(out["nats_per_char"]))
@@ -67,7 +65,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     run_dir = tmp_path / "resume"
     args = [sys.executable, "-m", "tfchargen", "train", "--run-dir", str(run_dir), "--train-data", TRAIN,
             "--units", "16", "--batch-size", "16", "--steps-per-epoch", "300", "--epochs", "3",
-            "--sample-every", "0", "--seed", "5"]
+            "--sample-every", "0", "--seed", "5", "--no-export"]  # what is checked is the run dir
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -88,8 +86,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     proc.wait()
     done = json.loads((run_dir / "metrics.json").read_text())
     assert done and done[-1]["epoch"] < 3
-    r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
-                "--steps-per-epoch", 300, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+    r = run_cli(*args[3:])  # the same command again
     assert r.returncode == 0, r.stderr[-2000:]
     first_resumed = done[-1]["epoch"] + 1
     assert f"Epoch {first_resumed}/3" in r.stdout and "Epoch 1/3" not in r.stdout
@@ -97,20 +94,20 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[:len(done)] == done  # earlier epochs kept, not rewritten
     # A finished run re-run with the same command trains nothing more.
-    r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, "--units", 16, "--batch-size", 16,
-                "--steps-per-epoch", 300, "--epochs", 3, "--sample-every", 0, "--seed", 5)
+    r = run_cli(*args[3:])
     assert r.returncode == 0 and "Epoch" not in r.stdout
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
 
 @pytest.mark.slow
 def test_same_seed_same_training(tmp_path, data_path):
-    losses = []
-    for name in ("a", "b"):
-        r = run_cli("train", "--run-dir", tmp_path / name, "--train-data", f"csv:{data_path}[:500]",
-                    "--units", 16, "--batch-size", 16, "--steps-per-epoch", 20, "--sample-every", 0, "--seed", 11)
+    names = ("a", "b")  # two processes at once: neither can see the other's state
+    runs = run_clis(*[["train", "--run-dir", tmp_path / name, "--train-data", f"csv:{data_path}[:500]", "--units", 16,
+                       "--batch-size", 16, "--steps-per-epoch", 20, "--sample-every", 0, "--seed", 11, "--no-export"]
+                      for name in names])
+    for r in runs:
         assert r.returncode == 0, r.stderr[-2000:]
-        losses.append(json.loads((tmp_path / name / "metrics.json").read_text())[0]["train_loss"])
+    losses = [json.loads((tmp_path / name / "metrics.json").read_text())[0]["train_loss"] for name in names]
     assert losses[0] == losses[1]
 
 
@@ -146,18 +143,20 @@ def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_pat
     from tfchargen import rundir
 
     fine = tmp_path / "fine"
-    r = run_cli("train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
-                "--field", "description", "--learning-rate", 0, "--epochs", 1, "--steps-per-epoch", 3,
-                "--sample-every", 0, "--no-export")
+    r, refused = run_clis(
+        ["train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
+         "--field", "description", "--learning-rate", 0, "--epochs", 1, "--steps-per-epoch", 3, "--sample-every", 0,
+         "--no-export"],
+        ["train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run, "--train-data", TRAIN,
+         "--units", 24, "--no-export"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (fine / "vocab.txt").read_bytes() == (tiny_run / "vocab.txt").read_bytes()
     _, _, before = rundir.load_trained(str(tiny_run))
     _, _, after = rundir.load_trained(str(fine))
     for a, b in zip(before.model.weights, after.model.weights):
         assert a.path == b.path and bool(tf.reduce_all(a == b)), a.path
-    r = run_cli("train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run,
-                "--train-data", TRAIN, "--units", 24, "--no-export", timeout=120)
-    assert r.returncode == 2 and "--init-from" in r.stderr and "units 32 there, 24 here" in r.stderr, r.stderr[-2000:]
+    assert refused.returncode == 2 and "--init-from" in refused.stderr, refused.stderr[-2000:]
+    assert "units 32 there, 24 here" in refused.stderr, refused.stderr[-2000:]
 
 
 def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
