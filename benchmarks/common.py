@@ -121,16 +121,10 @@ def machine_info(probe: bool = False) -> dict:
 
 
 def latest_version(path: str) -> str:
-    """A SavedModel version directory as given, or the highest version under an export base
-    (``tfchargen.contract.versions``); FileNotFoundError if there is none."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    from tfchargen.contract import versions
+    """A SavedModel version directory as given, or the newest version under an export base."""
+    from tfchargen.savedmodel import locate
 
-    found = versions(path)
-    if not found:
-        raise FileNotFoundError(f"no SavedModel in {path} (neither saved_model.pb nor numbered versions)")
-    return os.path.join(path, str(found[-1]))
+    return locate.newest(path)
 
 
 def git_commit() -> dict:
@@ -167,8 +161,8 @@ def write_result(path: str, payload: dict, machine: dict | None = None, argv: li
         "machine": machine if machine is not None else machine_info(),
         **payload,
     }
-    from tfchargen import rundir  # plain Python: the project's one atomic write
+    from tfchargen.common import files  # plain Python: the project's one atomic write
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    rundir.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    files.atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return record

@@ -5,7 +5,7 @@
 
 Each variant trains the same model on the same global batch in a fresh process (logical
 devices must be configured before TensorFlow initializes): the CPU is split into N logical
-devices and ``tfchargen.train.train`` runs with ``strategy=mirrored`` over them (N=1: the
+devices and ``tfchargen.training.train.train`` runs with ``strategy=mirrored`` over them (N=1: the
 default strategy, no distribution). Reported: global characters/second over the epochs
 after the first (the first includes tracing), and the final train loss.
 
@@ -40,7 +40,7 @@ else:
     devices = [f"CPU:{i}" for i in range(n)]
 if n > 1:
     cfg.update(strategy="mirrored", devices=devices)
-from tfchargen import train
+from tfchargen.training import train
 train.train(cfg, run_dir, log=lambda *a: None, verbose=0)
 print("METRICS " + open(run_dir + "/metrics.json").read().replace(chr(10), " "))
 """

@@ -7,7 +7,7 @@
 Methods, each generating --length new characters per row from the prompt "Today ", with
 temperature 1 and <eos> made unreachable, so every row runs the full length:
 
-    generator           tfchargen.generate.Generator, in memory, no XLA, called through the
+    generator           tfchargen.generation.generator.Generator, in memory, no XLA, called through the
                         export's `generate` tf.function (string ops in-graph too)
     generator_xla       the same with jit_compile=True (the numeric loop under XLA)
     generator_seeded,   generator and generator_xla with seeded rows (seed = row number):
@@ -56,12 +56,12 @@ import tensorflow as tf
 
 import common  # noqa: E402  (next to this script)
 from tfchargen import config  # noqa: E402
-from tfchargen import export as export_lib  # noqa: E402
-from tfchargen import generate as gen_lib  # noqa: E402
-from tfchargen import model as model_lib  # noqa: E402
-from tfchargen import sources  # noqa: E402
-from tfchargen import rundir  # noqa: E402
-from tfchargen.vocab import Vocabulary  # noqa: E402
+from tfchargen.savedmodel import export as export_lib  # noqa: E402
+from tfchargen.generation import generator as gen_lib  # noqa: E402
+from tfchargen.model import charrnn as model_lib  # noqa: E402
+from tfchargen.data import sources  # noqa: E402
+from tfchargen.training import rundir  # noqa: E402
+from tfchargen.data.vocab import Vocabulary  # noqa: E402
 
 PROMPT = "Today "
 METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla", "onestep_tutorial", "onestep_loop",

@@ -23,9 +23,9 @@ import re
 import tensorflow as tf
 
 import common  # next to this script
-from tfchargen import sources
-from tfchargen import rundir
-from tfchargen.vocab import normalize_py
+from tfchargen.data import sources
+from tfchargen.training import rundir
+from tfchargen.data.vocab import normalize_py
 
 WORD = re.compile(r"\w+")
 

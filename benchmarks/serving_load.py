@@ -16,7 +16,7 @@ one prompt each, up to --max-length new characters:
     savedmodel    the SavedModel's `generate` signature called in this process
                   (tf.saved_model.load): no network, no serialization, no batching
     batching_on   `tfchargen serve` (a subprocess) with --max-batch 64 and the default timeout,
-                  called over REST through tfchargen.client
+                  called over REST through tfchargen.serving.client
     batching_off  the same server with --max-batch 1: every request runs on its own
     rest          a model server (e.g. TF Serving) at --url, if given
 
@@ -47,9 +47,9 @@ import tensorflow as tf
 
 import common  # next to this script
 from common import DEFAULT_DATA, REPO
-from tfchargen import export as export_lib
-from tfchargen.batching import DEFAULT_TIMEOUT_MS
-from tfchargen.client import RestClient, ServingError
+from tfchargen.savedmodel import export as export_lib
+from tfchargen.serving.batching import DEFAULT_TIMEOUT_MS
+from tfchargen.serving.client import RestClient, ServingError
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
 
 
@@ -74,13 +74,7 @@ def export_workloads(run_dir: str, work_dir: str) -> dict[str, str]:
     return bases
 
 
-def latest_version(model: str) -> str:
-    if os.path.exists(os.path.join(model, "saved_model.pb")):
-        return model
-    versions = sorted(int(d) for d in os.listdir(model) if d.isdigit())
-    if not versions:
-        raise SystemExit(f"{model} holds no model versions")
-    return os.path.join(model, str(versions[-1]))
+
 
 
 def free_port() -> int:
@@ -253,7 +247,7 @@ def main(argv=None):
         for workload, base in bases.items():
             servers = []
             try:
-                targets = start_targets(base, tf.saved_model.load(latest_version(base)), args, wanted, servers)
+                targets = start_targets(base, tf.saved_model.load(common.latest_version(base)), args, wanted, servers)
                 for clients, rnd in ((c, r) for c in client_counts for r in range(args.rounds)):
                     for name, (label, call, server) in targets.items():  # in rotation
                         before = server.batching() if server else None

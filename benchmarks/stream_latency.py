@@ -5,7 +5,7 @@
         [--chunks 8,32,128] [--repeats 3] [--json benchmarks/results/stream_latency.json]
 
 For each batch size, seeded and unseeded rows side by side: one `generate` call of
-``--length`` characters, then streams of each chunk size (tfchargen.streaming.chunks over the
+``--length`` characters, then streams of each chunk size (tfchargen.generation.streaming.chunks over the
 loaded SavedModel): time to the first chunk, to the first 16 characters, total time and
 chars/s (rows x characters / total seconds), the median of ``--repeats`` rounds after a
 warm-up round, each round running the one-shot call and every stream in turn.
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tfchargen import streaming  # noqa: E402
+from tfchargen.generation import streaming  # noqa: E402
 
 FIRST = 16  # "first characters" of the latency goal
 

@@ -11,7 +11,7 @@ Kept faithful on purpose, warts included, so speedups are measured against what 
   and is counted by the ``categorical_crossentropy`` loss.
 
 Only the held-out metric (``heldout_nats_per_char``) is measured correctly: real targets
-only, never padding, the same definition as ``tfchargen.evaluate``.
+only, never padding, the same definition as ``tfchargen.training.evaluate``.
 
 Assumption: padding is ``"post"`` (text first, then zeros), the usual choice for text
 generation; ``pad_sequences`` itself defaults to ``"pre"``. Throughput does not depend on it.

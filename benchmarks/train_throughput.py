@@ -47,13 +47,15 @@ import numpy as np
 
 import common  # noqa: E402  (common and teaching_baseline sit next to this script)
 import teaching_baseline  # noqa: E402
-from tfchargen import evaluate, pipeline, sources  # noqa: E402
-from tfchargen import model as model_lib  # noqa: E402
-from tfchargen import rundir  # noqa: E402
-from tfchargen import train as train_lib  # noqa: E402
-from tfchargen.losses import CharCount, TokenMeanCrossentropy  # noqa: E402
-from tfchargen.optimizers import Adam  # noqa: E402
-from tfchargen.vocab import Vocabulary  # noqa: E402
+from tfchargen.training import evaluate  # noqa: E402
+from tfchargen.data import pipeline
+from tfchargen.data import sources
+from tfchargen.model import charrnn as model_lib  # noqa: E402
+from tfchargen.training import rundir  # noqa: E402
+from tfchargen.training import train as train_lib  # noqa: E402
+from tfchargen.training.losses import CharCount, TokenMeanCrossentropy  # noqa: E402
+from tfchargen.training.optimizers import Adam  # noqa: E402
+from tfchargen.data.vocab import Vocabulary  # noqa: E402
 
 VARIANTS = ("teaching", "tfchargen_b8", "tfchargen_b8_windows", "tuned")
 # Minimum chars/s speedup over the teaching example that each variant should reach.

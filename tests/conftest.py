@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from tfchargen.contract import versions
+from tfchargen.savedmodel.locate import versions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "ag_news_csv" / "test.csv").resolve()

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tfchargen.batching import MAX_WAIT_TIMEOUTS, Batcher, Stopped
+from tfchargen.serving.batching import MAX_WAIT_TIMEOUTS, Batcher, Stopped
 
 
 class Recorder:

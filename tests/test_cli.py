@@ -8,7 +8,9 @@ import sys
 import pytest
 
 import tfchargen
-from tfchargen import cli, config, contract
+from tfchargen.cli import app as cli
+from tfchargen import config
+from tfchargen import contract
 from tfchargen.config import DEFAULTS
 from tfchargen.contract import SERVING_DEFAULTS
 
@@ -175,8 +177,8 @@ def test_help_errors_and_rest_generate_do_not_import_tensorflow():
 
 @pytest.mark.slow
 def test_generate_with_a_model_loads_no_training_code(tiny_model):
-    heavy = ["tensorflow_datasets", "tfchargen.train", "tfchargen.export", "tfchargen.model", "tfchargen.sources",
-             "tfchargen.pipeline", "tfchargen.evaluate"]
+    heavy = ["tensorflow_datasets", "tfchargen.training.train", "tfchargen.savedmodel.export", "tfchargen.model.charrnn", "tfchargen.data.sources",
+             "tfchargen.data.pipeline", "tfchargen.training.evaluate"]
     r = python("import sys\n"
                "from tfchargen import cli\n"
                f"code = cli.main(['generate', '--model', {str(tiny_model)!r}, '--max-length', '5'])\n"

@@ -29,7 +29,7 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tfchargen import train
+from tfchargen.training import train
 print("ROW " + json.dumps(train.train(json.loads(sys.argv[2]), sys.argv[1], verbose=0)))
 """
 
@@ -159,7 +159,7 @@ def test_two_workers_on_loopback(tmp_path, data_path, capsys):
 
     # The chief's export, read from disk by this process (not the one that wrote it), generates
     # through the CLI's code path.
-    from tfchargen import cli
+    from tfchargen.cli import app as cli
 
     capsys.readouterr()
     assert cli.main(["generate", "--model", str(export), "--prompt", "Today ", "--temperature", "0",

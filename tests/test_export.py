@@ -11,10 +11,11 @@ import tensorflow as tf
 
 from conftest import HELDOUT, run_clis, run_together
 from tfchargen import contract
-from tfchargen import export as export_lib
-from tfchargen import generate as gen_lib
-from tfchargen import rundir
-from tfchargen.losses import TokenMeanCrossentropy
+from tfchargen.savedmodel import export as export_lib
+from tfchargen.generation import generator as gen_lib
+from tfchargen.savedmodel import locate
+from tfchargen.training import rundir
+from tfchargen.training.losses import TokenMeanCrossentropy
 
 pytestmark = pytest.mark.slow
 
@@ -211,7 +212,7 @@ def test_versions_are_atomic_and_increment(tiny_model_copy, tiny_run):
     exported = tiny_model_copy
     # The XLA variant as version 2: export() itself runs it through the session loader.
     path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
-    assert os.path.basename(path) == "2" and contract.versions(str(exported)) == [1, 2]
+    assert os.path.basename(path) == "2" and locate.versions(str(exported)) == [1, 2]
     assert not [d for d in os.listdir(exported) if d.startswith(".tmp")]
     empty = exported.parent / "empty"
     empty.mkdir()

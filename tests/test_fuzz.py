@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
 from conftest import ROOT
-from tfchargen.seeds import row_seed
+from tfchargen.generation.seeds import row_seed
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tfchargen.losses import CharCount, TokenMeanCrossentropy
+from tfchargen.training.losses import CharCount, TokenMeanCrossentropy
 
 
 def numpy_token_mean(targets, logits):

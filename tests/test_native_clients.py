@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import C_DIR, ROOT, run_cli
-from tfchargen import contract, seeds
+from tfchargen import contract
+from tfchargen.generation import seeds
 
 pytestmark = pytest.mark.slow
 

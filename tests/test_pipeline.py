@@ -4,11 +4,12 @@ import pytest
 import tensorflow as tf
 
 from conftest import TRAIN
-from tfchargen import fused_lstm
-from tfchargen import model as model_lib
-from tfchargen import pipeline, sources
-from tfchargen.losses import TokenMeanCrossentropy
-from tfchargen.vocab import Vocabulary
+from tfchargen.model import fused_lstm
+from tfchargen.model import charrnn as model_lib
+from tfchargen.data import pipeline
+from tfchargen.data import sources
+from tfchargen.training.losses import TokenMeanCrossentropy
+from tfchargen.data.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")

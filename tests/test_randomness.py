@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from conftest import run_clis
-from tfchargen import seeds
+from tfchargen.generation import seeds
 
 ROWS, CHARS = 8, 40
 

@@ -2,7 +2,7 @@
 
 * ``tfchargen export`` SIGKILLed before, while and after it writes: no numbered version
   directory is ever half-written or unloadable, stale ``.tmp-<pid>`` directories are ignored
-  (by ``contract.versions``, the CLI and TF Serving, whose FileSystemStoragePathSource skips
+  (by ``locate.versions``, the CLI and TF Serving, whose FileSystemStoragePathSource skips
   every child that does not parse as an int64) and the next exports take the next free
   versions, also when two run at once.
 * ``tfchargen train`` SIGKILLed at a random moment: config.json, metrics.json and vocab.txt
@@ -28,8 +28,9 @@ import time
 import pytest
 
 from conftest import DATA, ROOT, run_cli
-from tfchargen import cli, sources
-from tfchargen.contract import versions
+from tfchargen.cli import app as cli
+from tfchargen.data import sources
+from tfchargen.savedmodel.locate import versions
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 RNG = random.Random(20240517)  # the kill moments are random but reproducible per run order

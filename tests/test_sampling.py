@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchargen import model as model_lib
-from tfchargen.generate import Generator
-from tfchargen.sampling import NEG_INF, Categorical, TopK, TopP, apply_filters, inverse_cdf, row_key, seeded_uniform
-from tfchargen.vocab import Vocabulary
+from tfchargen.model import charrnn as model_lib
+from tfchargen.generation.generator import Generator
+from tfchargen.generation.sampling import NEG_INF, Categorical, TopK, TopP, apply_filters, inverse_cdf, row_key, seeded_uniform
+from tfchargen.data.vocab import Vocabulary
 
 
 def random_log_probs(rows, vocab, seed):

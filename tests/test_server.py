@@ -30,8 +30,8 @@ from tensorflow.core.framework import types_pb2
 import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
 from conftest import ROOT, run_cli, skip_or_fail
 from tfchargen import contract
-from tfchargen import warmup as warmup_lib
-from tfchargen.client import GrpcClient, RestClient, ServingError
+from tfchargen.savedmodel import warmup as warmup_lib
+from tfchargen.serving.client import GrpcClient, RestClient, ServingError
 
 pytestmark = pytest.mark.slow
 
@@ -481,7 +481,7 @@ def test_generate_stream_through_the_server_prints_what_generate_prints(server):
 
 
 def test_stream_is_404_for_a_model_without_start_and_continue(loaded, tmp_path):
-    from tfchargen.server import Server
+    from tfchargen.serving.server import Server
 
     base = tmp_path / "nostream"
     tf.saved_model.save(loaded, str(base / "1"), signatures={k: loaded.signatures[k]

@@ -22,10 +22,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 
 from conftest import ROOT, run_cli
 from faults import INJECTED, FaultProxy
-from tfchargen import client as client_lib
-from tfchargen import warmup as warmup_lib
-from tfchargen.client import GrpcClient, RestClient, ServingError
-from tfchargen.server import Server
+from tfchargen.serving import client as client_lib
+from tfchargen.savedmodel import warmup as warmup_lib
+from tfchargen.serving.client import GrpcClient, RestClient, ServingError
+from tfchargen.serving.server import Server
 
 SIGNATURES = ("serving_default", "generate", "score", "start", "continue")
 SERVING = ROOT / "serving"

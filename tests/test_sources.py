@@ -5,7 +5,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from conftest import DATA, HELDOUT, TRAIN
-from tfchargen import sources
+from tfchargen.data import sources
 
 
 def texts(ds):

@@ -16,10 +16,11 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
 from conftest import ROOT, run_cli, run_clis, run_together
-from tfchargen import config, contract
-from tfchargen import generate as gen_lib
-from tfchargen import model as model_lib
-from tfchargen.vocab import Vocabulary
+from tfchargen import config
+from tfchargen import contract
+from tfchargen.generation import generator as gen_lib
+from tfchargen.model import charrnn as model_lib
+from tfchargen.data.vocab import Vocabulary
 
 TEXT = "Today the quick brown fox jumps over the lazy dog! 0123456789,.-'\"?"
 PROMPTS = ["Today ", "", "fox", "x" * 30, "On Sunday "]
@@ -234,7 +235,7 @@ FRESH = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
-from tfchargen import streaming
+from tfchargen.generation import streaming
 m = tf.saved_model.load(sys.argv[1])
 predict = streaming.local_predict(m)
 prompts = [b"Today ", b"", b"fox"]
@@ -256,7 +257,7 @@ START_EXPRS = 'prompt=["Today "];max_length=[5];temperature=[0.0];top_k=[0];top_
 @pytest.fixture(scope="module")
 def fresh_runs(export_base):
     """The export in two fresh processes started at once: FRESH (tf.saved_model.load and
-    tfchargen.streaming) and saved_model_cli running `start` (the session-based loader)."""
+    tfchargen.generation.streaming) and saved_model_cli running `start` (the session-based loader)."""
     fresh, cli = run_together(
         [sys.executable, "-c", FRESH, export_base / "1"],
         [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir", export_base / "1",
@@ -329,8 +330,8 @@ def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(export_base
 def test_client_stream_retries_a_chunk_without_repeating_text(export_base, protocol):
     from faults import FaultProxy
 
-    from tfchargen.client import GrpcClient, RestClient
-    from tfchargen.server import Server
+    from tfchargen.serving.client import GrpcClient, RestClient
+    from tfchargen.serving.server import Server
 
     with Server(str(export_base), "chargen", port=0, grpc_port=0) as server, \
             FaultProxy(server.rest_url, server.grpc_target) as proxy:

@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import HELDOUT, ROOT, TRAIN, run_cli, run_clis
-from tfchargen import config, sources
-from tfchargen.vocab import normalize_py
+from tfchargen import config
+from tfchargen.data import sources
+from tfchargen.data.vocab import normalize_py
 
 
 def unigram_entropy(texts):
@@ -51,7 +52,7 @@ def test_evaluate_agrees_with_training_metrics(tiny_run, tiny_run_heldout):
     assert out["nats_per_char"] == pytest.approx(metrics[-1]["eval_nats_per_char"], rel=1e-5)
     assert out["perplexity"] == pytest.approx(math.exp(out["nats_per_char"]))
     # Every known character of each held-out title is one target (n-1 chars + <eos>).
-    from tfchargen.vocab import Vocabulary
+    from tfchargen.data.vocab import Vocabulary
     import tensorflow as tf
     vocab = Vocabulary(str(tiny_run / "vocab.txt"))
     held = [t for t in sources.load(HELDOUT).as_numpy_iterator()]
@@ -140,7 +141,7 @@ def test_run_dir_with_other_architecture_is_refused(tiny_run):
 def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
     """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
     learning rate leaves them exactly as they were); another model shape is refused."""
-    from tfchargen import rundir
+    from tfchargen.training import rundir
 
     fine = tmp_path / "fine"
     r, refused = run_clis(
@@ -163,7 +164,7 @@ def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
     """Every preset key is a train setting (a typo would be silently ignored), and the
     fine-tuning preset builds the same model as the pretraining one, which --init-from
     requires: the README's two-command recipe must run as written."""
-    from tfchargen import train as train_lib
+    from tfchargen.training import train as train_lib
 
     for name, preset in config.PRESETS.items():
         assert set(preset) <= set(config.DEFAULTS), (name, set(preset) - set(config.DEFAULTS))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchargen.vocab import EOS, PAD, Vocabulary
+from tfchargen.data.vocab import EOS, PAD, Vocabulary
 
 
 @pytest.fixture()

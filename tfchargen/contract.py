@@ -66,16 +66,6 @@ MSG_STATE_VALUES = ("state_bytes: damaged stream state (position, flags or value
                     "NaN or inf)")
 
 
-def versions(export_base: str) -> list[int]:
-    """The numbered version directories of an export base, ascending: TF Serving's layout
-    (``EXPORT_BASE/1/``, ``EXPORT_BASE/2/``, ...; a ``.tmp-*`` version being written is not one)."""
-    import os
-
-    if not os.path.isdir(export_base):
-        return []
-    return sorted(int(d) for d in os.listdir(export_base) if d.isdigit())
-
-
 def control_error(max_length=None, temperature=None, top_k=None, top_p=None) -> str | None:
     """The message the graph would raise for these scalar controls, or None if they are valid.
 

@@ -39,7 +39,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from tfchargen import contract, rundir  # noqa: E402  (plain Python: the contract, the atomic write)
+from tfchargen import contract  # noqa: E402  (plain Python: the contract)
+from tfchargen.common import files  # noqa: E402  (plain Python: the atomic write)
+from tfchargen.savedmodel import locate  # noqa: E402
 
 CAP = contract.MAX_NEW_CHARS
 MAX_PROMPT = contract.MAX_PROMPT_CHARS  # score counts only the last MAX_PROMPT known characters
@@ -111,11 +113,7 @@ class Model:
     """A loaded version directory (or the newest version under an export base)."""
 
     def __init__(self, path: str):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            found = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-            if not found:
-                raise SystemExit(f"{path}: no SavedModel and no numbered version directories")
-            path = os.path.join(path, str(found[-1]))
+        path = locate.newest(path)
         self.path = path
         self.loaded = tf.saved_model.load(path)
         with open(os.path.join(path, "assets", "vocab.txt"), encoding="utf-8") as f:
@@ -447,7 +445,7 @@ def main(argv=None) -> int:
         summary["environment"] = {"tensorflow": tf.__version__, "cpus": os.cpu_count()}
         text = json.dumps(summary, indent=2, ensure_ascii=False)
         if args.json:  # partial summaries too: a long run that is killed keeps what it found
-            rundir.atomic_write_text(args.json, text + "\n")
+            files.atomic_write_text(args.json, text + "\n")
         return text
 
     summary = fuzz(model, args.cases, args.seed, args.default_max_length, args.time_slack,

@@ -35,6 +35,7 @@ from tensorflow.core.framework import tensor_pb2  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from tfchargen import contract  # noqa: E402
+from tfchargen.savedmodel import locate  # noqa: E402
 
 STATE_MESSAGES = (contract.MSG_STATE_SIZE, contract.MSG_STATE_FORMAT, contract.MSG_STATE_MODEL,
                   contract.MSG_STATE_VALUES)
@@ -44,9 +45,7 @@ PROMPTS = [b"Today ", b"", b"On Sunday ", b"x" * 40, "\u65e5\u672c".encode(), b"
 
 class Model:
     def __init__(self, path: str):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            found = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-            path = os.path.join(path, str(found[-1]))
+        path = locate.newest(path)
         self.path = path
         loaded = tf.saved_model.load(path)
         self.sigs = {k: loaded.signatures[k] for k in ("generate", "start", "continue")}

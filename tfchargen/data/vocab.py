@@ -25,12 +25,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import rundir
+from tfchargen.common import files
 
 PAD = "<pad>"
 EOS = "<eos>"
 PAD_ID = 0
-FILENAME = rundir.VOCAB
+FILENAME = "vocab.txt"  # in a run dir and among a SavedModel's assets
 # U+001E RECORD SEPARATOR inside a text marks an <eos> boundary within one example
 # (e.g. "title<RS>description": the title is learnt exactly as it is scored, ending in
 # <eos>, and the description continues after it). It is never a vocabulary character.
@@ -117,7 +117,7 @@ class Vocabulary(tf.Module):
         if not chars:
             raise ValueError("cannot build a vocabulary: the training text is empty")
         path = os.path.join(directory, FILENAME)
-        rundir.atomic_write_text(path, "\n".join([PAD, *sorted(chars), EOS]) + "\n")  # never half a file
+        files.atomic_write_text(path, "\n".join([PAD, *sorted(chars), EOS]) + "\n")  # never half a file
         return cls(path)
 
     def chars_of(self, text: tf.Tensor) -> tf.RaggedTensor:

@@ -22,12 +22,12 @@ import functools
 
 import tensorflow as tf
 
-from . import contract
-from .contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
-from .model import CharRNN
-from .state import StateCodec
-from .sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
-from .vocab import Vocabulary, normalize
+from tfchargen import contract
+from tfchargen.contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
+from tfchargen.model.charrnn import CharRNN
+from tfchargen.generation.state import StateCodec
+from tfchargen.generation.sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
+from tfchargen.data.vocab import Vocabulary, normalize
 
 def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
     """InvalidArgument with a clear message for anything outside the documented contract.

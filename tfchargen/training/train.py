@@ -18,13 +18,17 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from . import distribute, pipeline, rundir, sources
-from . import model as model_lib
-from .callbacks import AtomicEpochCheckpoint, Progress, RunCallback, WorkerBackupAndRestore, progress_verbosity
-from .config import DEFAULTS, MODEL_KEYS
-from .losses import CharCount, TokenMeanCrossentropy
-from .optimizers import make_optimizer
-from .vocab import Vocabulary
+from tfchargen.common import files
+from tfchargen.training import distribute
+from tfchargen.data import pipeline
+from tfchargen.training import rundir
+from tfchargen.data import sources
+from tfchargen.model import charrnn as model_lib
+from tfchargen.training.callbacks import AtomicEpochCheckpoint, Progress, RunCallback, WorkerBackupAndRestore, progress_verbosity
+from tfchargen.config import DEFAULTS, MODEL_KEYS
+from tfchargen.training.losses import CharCount, TokenMeanCrossentropy
+from tfchargen.training.optimizers import make_optimizer
+from tfchargen.data.vocab import Vocabulary
 
 
 def _training_batches(setup: distribute.Setup, train_text, vocab, cfg):
@@ -119,7 +123,7 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
     if os.path.exists(rundir.path(run_dir, rundir.VOCAB)):
         vocab = rundir.load_vocab(run_dir)
     elif init_weights:  # the weights index the old run's vocabulary: keep it
-        with rundir.atomic_path(rundir.path(out_dir, rundir.VOCAB)) as tmp:
+        with files.atomic_path(rundir.path(out_dir, rundir.VOCAB)) as tmp:
             shutil.copyfile(rundir.path(cfg["init_from"], rundir.VOCAB), tmp)
         vocab = rundir.load_vocab(out_dir)
     else:
@@ -179,7 +183,7 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         keras.callbacks.TensorBoard(rundir.path(out_dir, rundir.LOGS), update_freq="epoch"),
     ]
     rnn.model.fit(batches, epochs=cfg["epochs"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
-    with rundir.atomic_path(rundir.path(out_dir, rundir.FINAL_WEIGHTS)) as tmp:
+    with files.atomic_path(rundir.path(out_dir, rundir.FINAL_WEIGHTS)) as tmp:
         rnn.model.save_weights(tmp)
     if not setup.is_chief:
         return {"chief": False, "task": setup.task, "strategy": setup.name, "num_replicas": setup.num_replicas}

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from . import fused_lstm
+from tfchargen.model import fused_lstm
 
 STATES_PER_CELL = {"lstm": 2, "gru": 1, "rnn": 1}
 WEIGHT_DROP_NEEDS_FUSED = ("weight_drop needs the fused LSTM kernel (CPU, --fused-lstm auto/on, no "

@@ -20,7 +20,7 @@ from concurrent import futures
 
 import numpy as np
 
-from . import contract
+from tfchargen import contract
 
 # max_length bucket edges of Batcher: a batch holds requests of one bucket only.
 BUCKETS = (16, 32, 64, 128, 256, 512, 1024, contract.MAX_NEW_CHARS)

@@ -28,12 +28,15 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # no public disable_op_determinism
 
-from . import contract, rundir
-from . import generate as gen_lib
-from . import warmup as warmup_lib
+from tfchargen import contract
+from tfchargen.common import files
+from tfchargen.savedmodel import locate
+from tfchargen.training import rundir
+from tfchargen.generation import generator as gen_lib
+from tfchargen.savedmodel import warmup as warmup_lib
 
 SERVING_DEFAULTS = contract.SERVING_DEFAULTS
-VERSION_DIR_PREFIX = rundir.TMP_PREFIX
+VERSION_DIR_PREFIX = files.TMP_PREFIX
 
 @contextlib.contextmanager
 def without_op_determinism():
@@ -143,7 +146,7 @@ def _export(run_dir, export_base, jit_compile, log, defaults) -> str:
         warmup_lib.write_warmup(tmp, start=fns["start"])  # TF Serving's assets.extra/tf_serving_warmup_requests
         session_loader_check(tmp)
         while True:  # the next free version; rename is atomic, so a server never sees half
-            version = (contract.versions(export_base) or [0])[-1] + 1
+            version = (locate.versions(export_base) or [0])[-1] + 1
             final = os.path.join(export_base, str(version))
             try:
                 os.rename(tmp, final)

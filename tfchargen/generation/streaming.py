@@ -2,7 +2,6 @@
 
     chunks(predict, prompts, max_length=5000, chunk=32, ...)   one dict of [B] outputs per chunk
     local_predict(loaded)                                       a predict() over a loaded SavedModel
-    cli_stream(args)                                            `tfchargen generate --stream`
 
 ``predict(signature, inputs)`` is any function that runs one signature on [B] inputs and
 returns numpy outputs: a local SavedModel's (:func:`local_predict`) or a TF Serving client's
@@ -15,11 +14,9 @@ Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
-from . import contract
+from tfchargen import contract
 
 DEFAULT_CHUNK = 32
 
@@ -79,55 +76,3 @@ def local_predict(loaded):
         return {k: v.numpy() for k, v in loaded.signatures[signature](**args).items()}
 
     return predict
-
-
-def cli_stream(args) -> int:
-    """`tfchargen generate --stream`: prints one prompt's text chunk by chunk as it arrives,
-    from a local SavedModel (--model) or a TF Serving server (--server)."""
-    prompts = args.prompt or ["Today "]
-    if len(prompts) > 1 or args.num_samples > 1 or args.temperatures or args.json:
-        print("tfchargen generate: error: --stream prints one text: give one --prompt, without "
-              "--num-samples, --temperatures or --json", file=sys.stderr)
-        return 2
-    error = contract.control_error(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if error is None and args.max_length < 0:
-        error = contract.MSG_MAX_LENGTH_LOW
-    if error is None and not 1 <= args.chunk <= contract.MAX_NEW_CHARS:
-        error = f"--chunk must be in 1..{contract.MAX_NEW_CHARS}"
-    if error:
-        print(f"tfchargen generate: error: {error}", file=sys.stderr)
-        return 2
-    from .seeds import row_seed
-
-    # The one row is row 0 of `generate`'s rule, so --stream prints what generate prints.
-    prompt, seed = prompts[0].encode("utf-8"), row_seed(args.seed, 0)
-    if args.server:
-        from .cli import failed_check
-        from .client import ServingError, connect
-
-        try:  # a client's stream(): REST uses the server's :stream where it has one
-            with connect(args.server, args.model_name, args.protocol, version=args.version,
-                         timeout=args.timeout) as client:
-                _print(client.stream(prompt, args.max_length, args.chunk, args.temperature, args.top_k,
-                                     args.top_p, seed))
-        except ServingError as e:
-            check = failed_check(str(e))
-            line = str(e).splitlines()[0].strip() + (f" {check}" if check else "")
-            print(f"\ntfchargen generate: error: {line}", file=sys.stderr)
-            return 2
-    else:
-        from .cli import load_savedmodel
-
-        loaded, _ = load_savedmodel(args.model, args.version)
-        _print(out["text"][0].decode("utf-8") for out in chunks(
-            local_predict(loaded), [prompt], args.max_length, args.chunk, args.temperature, args.top_k,
-            args.top_p, seed))
-    return 0
-
-
-def _print(texts) -> None:
-    for text in texts:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()

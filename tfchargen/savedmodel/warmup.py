@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import contract
+from tfchargen import contract
 
 WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"

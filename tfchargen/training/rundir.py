@@ -16,19 +16,20 @@ reads ``.tmp-*`` names.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 
+from tfchargen.common.files import atomic_write_json
+from tfchargen.data.vocab import FILENAME as VOCAB
+from tfchargen.data.vocab import Vocabulary
+
 CONFIG = "config.json"
-VOCAB = "vocab.txt"  # also the name of the SavedModel's vocabulary asset (vocab.py)
 BACKUP = "backup"
 CHECKPOINTS = "checkpoints"
 FINAL_WEIGHTS = "model.weights.h5"
 LOGS = "logs"
 METRICS = "metrics.json"
-TMP_PREFIX = ".tmp-"
 EPOCH_CHECKPOINT = re.compile(r"epoch-(\d{3,})\.weights\.h5")
 
 
@@ -44,46 +45,6 @@ def path(run_dir, *names) -> str:
 def checkpoint_name(epoch: int) -> str:
     """The file name of the weights after ``epoch`` (1-based)."""
     return f"epoch-{epoch:03d}.weights.h5"
-
-
-@contextlib.contextmanager
-def atomic_path(final: str):
-    """Yields a temporary path beside ``final`` to write; once the block succeeds, the file
-    is fsynced and renamed over ``final`` (atomic); if it fails, the temporary is removed.
-
-    The temporary name ends like ``final`` (Keras checks ``.weights.h5``).
-
-    >>> import tempfile
-    >>> d = tempfile.mkdtemp()
-    >>> with atomic_path(os.path.join(d, "a.txt")) as tmp:
-    ...     _ = open(tmp, "w").write("whole")
-    ...     os.path.basename(tmp).startswith(TMP_PREFIX), os.path.exists(os.path.join(d, "a.txt"))
-    (True, False)
-    >>> os.listdir(d), open(os.path.join(d, "a.txt")).read()
-    (['a.txt'], 'whole')
-    """
-    directory, name = os.path.split(os.path.abspath(final))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{name}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(final: str, text: str) -> None:
-    """Writes ``text`` (UTF-8, ``\\n`` line ends) to ``final`` atomically."""
-    with atomic_path(final) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-
-
-def atomic_write_json(final: str, obj, indent=2) -> None:
-    """Writes ``obj`` as JSON to ``final`` atomically."""
-    atomic_write_text(final, json.dumps(obj, indent=indent))
 
 
 def load_config(run_dir) -> dict:
@@ -131,7 +92,6 @@ def weights_file(run_dir) -> str:
 
 def load_vocab(run_dir):
     """The run's Vocabulary."""
-    from .vocab import Vocabulary
 
     return Vocabulary(path(run_dir, VOCAB))
 
@@ -141,8 +101,8 @@ def load_trained(run_dir, **overrides):
 
     ``overrides`` go to model.build (e.g. ``use_cudnn=False``).
     """
-    from . import model as model_lib
-    from .config import DEFAULTS
+    from tfchargen.model import charrnn as model_lib
+    from tfchargen.config import DEFAULTS
 
     cfg = {**DEFAULTS, **load_config(run_dir)}
     vocab = load_vocab(run_dir)
@@ -160,7 +120,7 @@ def prepare_run_dir(cfg: dict, run_dir, write: bool = True) -> dict:
     failed before the first epoch ended) takes the new settings; its vocabulary, built
     from the old data, is removed.
     """
-    from .config import ARCH_KEYS
+    from tfchargen.config import ARCH_KEYS
 
     p = path(run_dir, CONFIG)
     if os.path.exists(p):

@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
-from .config import DEFAULT_TRAIN  # noqa: F401  (re-exported: the data spec a bare `train` reads)
+from tfchargen.config import DEFAULT_TRAIN  # noqa: F401  (re-exported: the data spec a bare `train` reads)
 
 FIELDS = ("title", "description", "title+description", "title|description")
 BAD_ROWS = ("error", "skip")

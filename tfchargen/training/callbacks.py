@@ -13,8 +13,11 @@ import time
 import keras
 import tensorflow as tf
 
-from . import distribute, evaluate, rundir
-from .generate import Generator
+from tfchargen.common import files
+from tfchargen.training import distribute
+from tfchargen.training import evaluate
+from tfchargen.training import rundir
+from tfchargen.generation.generator import Generator
 
 SAMPLE_PROMPTS = ("Today ", "On Sunday ")
 SAMPLE_TEMPERATURES = (0.0, 0.5, 1.0)
@@ -95,7 +98,7 @@ class RunCallback(keras.callbacks.Callback):
                 tf.summary.scalar("bits_per_char", m["bits_per_char"], step=epoch + 1)
             summary += f"; held-out {m['nats_per_char']:.4f} nats/char ({m['bits_per_char']:.4f} bits/char)"
         self.history = [r for r in self.history if r["epoch"] < epoch + 1] + [row]
-        rundir.atomic_write_json(self.path, self.history)
+        files.atomic_write_json(self.path, self.history)
         self.log(summary)
         if should_sample(epoch + 1, self.params.get("epochs", epoch + 1), self.sample_every):
             for t, text in sample_table(self.generator, seed=epoch + 1):
@@ -142,7 +145,7 @@ class AtomicEpochCheckpoint(keras.callbacks.Callback):
         self.directory = directory
 
     def on_epoch_end(self, epoch, logs=None):
-        with rundir.atomic_path(os.path.join(self.directory, rundir.checkpoint_name(epoch + 1))) as tmp:
+        with files.atomic_path(os.path.join(self.directory, rundir.checkpoint_name(epoch + 1))) as tmp:
             self.model.save_weights(tmp, overwrite=True)
 
 

@@ -16,8 +16,13 @@ import math
 import os
 import sys
 
-from . import __version__, config, contract, quiet
-from .contract import MAX_NEW_CHARS, SERVING_DEFAULTS, control_error
+from tfchargen import __version__
+from tfchargen import config
+from tfchargen import contract
+from tfchargen.common import quiet
+from tfchargen.common.errors import failed_check, one_line
+from tfchargen.savedmodel.locate import check_run_dir, load_savedmodel, resolve_model
+from tfchargen.contract import MAX_NEW_CHARS, SERVING_DEFAULTS, control_error
 
 FIELDS = ["title", "description", "title+description", "title|description"]
 DEFAULT_PROMPT = "Today "
@@ -264,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "arrives (the start and continue signatures; --max-length may exceed 2048)")
     gen.add_argument("--chunk", type=int, default=32, help="new characters per chunk with --stream (default 32)")
 
-    from . import server  # its flags; TensorFlow loads only when `serve` runs
+    from tfchargen.serving import server  # its flags; TensorFlow loads only when `serve` runs
     server.add_arguments(command("serve", help="serve an export base over TF Serving's REST and gRPC APIs"))
 
     e = command("evaluate", help="held-out nats/char of a trained run or exported model",
@@ -280,27 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bad-rows", choices=["error", "skip"], default=D["bad_rows"],
                    help="malformed rows of csv: data: error or skip (warn with their count) (default %(default)s)")
     return p
-
-
-def failed_check(msg: str) -> str | None:
-    """The message of a failed tf.debugging assertion inside an error text, if any."""
-    import re
-
-    m = re.search(r"assertion failed: \[(.+?)\](?: \[|$)", msg, flags=re.M)
-    return m.group(1) if m else None
-
-
-def one_line(e: BaseException, limit: int = 400) -> str:
-    """The user-facing line of an error: a failed graph assertion's own message, else the
-    first line of the message (never a traceback, never tensor dumps)."""
-    msg = getattr(e, "message", None) or str(e) or type(e).__name__
-    check = failed_check(msg)
-    if check:
-        return check
-    if isinstance(e, OSError) and e.filename and e.strerror:  # e.g. [Errno 13] Permission denied
-        return f"{e.strerror}: {e.filename}"
-    first = next((line.strip() for line in msg.splitlines() if line.strip()), msg)
-    return first if len(first) <= limit else first[:limit] + "..."
 
 
 class run_dir_errors:
@@ -343,68 +327,10 @@ def check_values(args) -> str | None:
     return None
 
 
-# -- where files are: plain os calls, so a wrong path is reported before TensorFlow loads --------
-def is_run_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.exists(
-        os.path.join(path, "saved_model.pb"))
-
-
-def is_export(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "saved_model.pb")) or bool(contract.versions(path))
-
-
-def run_dir_hint(path: str, command: str) -> str:
-    """What to do with a run dir given as --model."""
-    export = os.path.join(path, "export")
-    ways = [f"--run-dir {path}"] if command == "evaluate" else []
-    if contract.versions(export):
-        ways.append(f"--model {export} (its export)")
-    if command != "evaluate":
-        ways.append(f"`tfchargen export --run-dir {path} --export-base DIR` first")
-    return f"{path} is a run dir, not an exported model: use {', or '.join(ways)}"
-
-
-def check_run_dir(path: str, command: str) -> None:
-    """Refuses an export given as --run-dir, with what to use instead."""
-    if not is_run_dir(path) and is_export(path):
-        use = f"--model {path}" if command == "evaluate" else f"it as it is (`tfchargen generate --model {path}`)"
-        raise ValueError(f"{path} is an exported model, not a run dir: use {use}")
-
-
-def resolve_model(model: str, version: int | None = None, command: str = "generate") -> str:
-    """The SavedModel directory that ``--model`` (an export base or one version's
-    directory) and ``--version`` name; a wrong path raises with what is there instead."""
-    if os.path.exists(os.path.join(model, "saved_model.pb")):
-        return model
-    if not os.path.isdir(model):
-        raise FileNotFoundError(f"no such model directory: {model}")
-    if is_run_dir(model):
-        raise ValueError(run_dir_hint(model, command))
-    found = contract.versions(model)
-    if version is None and not found:
-        raise FileNotFoundError(f"{model} holds no model versions (numbered directories)")
-    path = os.path.join(model, str(version if version is not None else found[-1]))
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        there = f"versions there: {', '.join(map(str, found))}" if found else "it holds no model versions"
-        raise FileNotFoundError(f"no SavedModel at {path} ({there})")
-    return path
-
-
-def load_savedmodel(model: str, version: int | None = None, command: str = "generate"):
-    """(loaded SavedModel, its directory) from an export base or a version directory, with
-    tf.saved_model.load alone (no Keras model, no training code)."""
-    path = resolve_model(model, version, command)
-    tf = quiet.import_tensorflow()
-    try:
-        return tf.saved_model.load(path), path
-    except (OSError, ValueError, tf.errors.OpError) as e:  # a damaged or foreign saved_model.pb
-        raise ValueError(f"{path} is not a loadable SavedModel ({one_line(e)})") from None
-
-
 # -- commands ---------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     quiet.import_tensorflow()
-    from . import train as train_lib
+    from tfchargen.training import train as train_lib
 
     cfg = dict(config.PRESETS[args.preset]) if args.preset else {}
     for key in config.DEFAULTS:
@@ -414,7 +340,7 @@ def cmd_train(args) -> int:
     with run_dir_errors(args.run_dir):
         row = train_lib.train(cfg, args.run_dir)
     if not args.no_export and row.get("chief", True):  # a non-chief worker exports nothing
-        from . import export as export_lib
+        from tfchargen.savedmodel import export as export_lib
         base = args.export_base or os.path.join(args.run_dir, "export")
         with run_dir_errors(args.run_dir):
             row["export"] = export_lib.export(args.run_dir, base, **_export_kwargs(args))
@@ -425,7 +351,7 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     check_run_dir(args.run_dir, "export")
     quiet.import_tensorflow()
-    from . import export as export_lib
+    from tfchargen.savedmodel import export as export_lib
 
     with run_dir_errors(args.run_dir):
         export_lib.export(args.run_dir, args.export_base, **_export_kwargs(args))
@@ -434,18 +360,18 @@ def cmd_export(args) -> int:
 
 def cmd_generate(args) -> int:
     if args.stream:
-        from .streaming import cli_stream
+        from tfchargen.cli.stream import cli_stream
         return cli_stream(args)
     prompts = args.prompt or [DEFAULT_PROMPT]
     temps = args.temperatures or [args.temperature]
     n = args.num_samples
     rows = [(p, t, j) for t in temps for p in prompts for j in range(n)]
-    from .seeds import row_seed
+    from tfchargen.generation.seeds import row_seed
     controls = dict(max_length=[args.max_length] * len(rows), temperature=[r[1] for r in rows],
                     top_k=[args.top_k] * len(rows), top_p=[args.top_p] * len(rows),
                     seed=[row_seed(args.seed, i % (len(prompts) * n)) for i in range(len(rows))])  # seeds.py
     if args.server:
-        from .client import ServingError, connect
+        from tfchargen.serving.client import ServingError, connect
 
         try:
             with quiet.silenced_stderr():  # gRPC only: tensorflow-serving-api's protos import TensorFlow
@@ -460,7 +386,7 @@ def cmd_generate(args) -> int:
             print(f"tfchargen generate: error: {line}", file=sys.stderr)
             return 2
     else:
-        from .contract import GENERATE_INPUTS
+        from tfchargen.contract import GENERATE_INPUTS
 
         loaded, path = load_savedmodel(args.model, args.version)
         tf = sys.modules["tensorflow"]
@@ -489,8 +415,10 @@ def cmd_evaluate(args) -> int:
     else:
         check_run_dir(args.run_dir, "evaluate")
     quiet.import_tensorflow()
-    from . import evaluate, pipeline, sources
-    from .vocab import Vocabulary
+    from tfchargen.training import evaluate
+    from tfchargen.data import pipeline
+    from tfchargen.data import sources
+    from tfchargen.data.vocab import Vocabulary
 
     if args.model:
         loaded, path = load_savedmodel(path)
@@ -504,7 +432,7 @@ def cmd_evaluate(args) -> int:
             count += float(out["num_chars"].numpy().sum())
         result = evaluate.metrics(total, count)
     else:
-        from . import rundir
+        from tfchargen.training import rundir
 
         with run_dir_errors(args.run_dir):
             cfg, vocab, rnn = rundir.load_trained(args.run_dir)
@@ -518,7 +446,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_serve(args) -> int:
     quiet.import_tensorflow()
-    from . import server
+    from tfchargen.serving import server
 
     return server.main(args)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .vocab import Vocabulary
+from tfchargen.data.vocab import Vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
 MODES = ("examples", "windows")

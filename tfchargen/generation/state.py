@@ -27,8 +27,8 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from . import contract
-from .model import STATES_PER_CELL
+from tfchargen import contract
+from tfchargen.model.charrnn import STATES_PER_CELL
 
 HEADER = ("magic", "version", "fingerprint", "position", "ended")
 
@@ -64,7 +64,7 @@ class StateCodec:
 
     Example:
     >>> codec = StateCodec.for_model(rnn, vocab)                          # doctest: +SKIP
-    >>> s = codec.encode(position, ended, logits, states)                 # [B] strings
+    >>> s = codec.encode(position, ended, logits, states)  # [B] strings  # doctest: +SKIP
     >>> checks, (position, ended, logits, states) = codec.decode(s)       # doctest: +SKIP
     """
 

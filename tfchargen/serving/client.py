@@ -1,0 +1,457 @@
+"""Clients for a TF Serving model server running the exported chargen SavedModel.
+
+    RestClient("http://localhost:8501", "chargen")    POST /v1/models/NAME[/versions/N]:predict
+    GrpcClient("localhost:8500", "chargen")           PredictionService.Predict
+
+Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
+lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
+``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
+chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s ``:stream`` first,
+one request for the whole stream), ``status()``. Outputs are numpy arrays
+like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
+
+Failures raise :class:`ServingError` with the server's own error text (e.g. the
+InvalidArgument a graph raises for ``top_p=2``). Connection failures and UNAVAILABLE
+(gRPC) / HTTP 503 (REST: TF Serving maps UNAVAILABLE, e.g. a full batching queue or a model
+still loading, to 503) are retried ``retries`` times with exponential backoff; a timeout is
+not retried (the server may still be working on the request).
+
+REST follows TF Serving's documented JSON mapping: strings are sent as JSON strings when
+they are valid UTF-8 and as ``{"b64": ...}`` otherwise (or always, ``always_b64=True``);
+output strings come back as JSON strings, or as ``{"b64": ...}`` for outputs whose name ends
+in ``_bytes``; both are decoded. Only the standard library is used for HTTP
+(``http.client``); connections are kept alive and reused between requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import random
+import socket
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+from tfchargen.contract import SERVING_DEFAULTS as GENERATE_DEFAULTS
+
+# dtypes of the exported signatures' inputs and outputs (README, "Signature contract").
+_DTYPES = {"prompt": object, "text": object, "max_length": np.int32, "temperature": np.float32,
+           "top_k": np.int32, "top_p": np.float32, "seed": np.int64, "continuation": object,
+           "num_chars": np.int32, "ended_with_eos": bool, "log_prob": np.float32,
+           "nats_per_char": np.float32, "state_bytes": object}
+GENERATE_OUTPUTS = ("text", "continuation", "num_chars", "ended_with_eos", "log_prob")
+SCORE_OUTPUTS = ("nats_per_char", "log_prob", "num_chars")
+
+
+def message_json(message) -> dict:
+    """A proto as TF Serving's REST API writes it (field names as in the .proto)."""
+    from google.protobuf import json_format
+
+    try:  # protobuf >= 5.26 renamed including_default_value_fields
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    except TypeError:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         including_default_value_fields=True)
+
+
+class ServingError(RuntimeError):
+    """A request the server refused or could not answer. ``code`` is the gRPC status name
+    (``INVALID_ARGUMENT``, ``UNAVAILABLE`` ...) or ``HTTP <status>``; ``retryable`` says
+    whether it was a transient failure (retries exhausted)."""
+
+    def __init__(self, message: str, code: str | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+def _as_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def _backoff(attempt: int, base: float, cap: float = 2.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** attempt))
+
+
+class _Client:
+    model_name: str
+    version: int | None
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def generate(self, prompts, max_length=None, temperature=None, top_k=None, top_p=None, seed=None):
+        """The ``generate`` signature. Each control is a scalar (used for every prompt) or a
+        list with one value per prompt; None takes GENERATE_DEFAULTS."""
+        prompts = [_as_bytes(p) for p in prompts]
+        n = len(prompts)
+        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        inputs = {"prompt": prompts}
+        for name, value in controls.items():
+            value = GENERATE_DEFAULTS[name] if value is None else value
+            inputs[name] = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+        if n == 0:  # TF Serving refuses an empty "instances" list; the answer is known anyway
+            return {k: np.zeros([0], _DTYPES[k]) for k in GENERATE_OUTPUTS}
+        return self.predict(inputs, "generate")
+
+    def score(self, texts):
+        """The ``score`` signature: nats_per_char, log_prob, num_chars per text."""
+        texts = [_as_bytes(t) for t in texts]
+        if not texts:
+            return {k: np.zeros([0], _DTYPES[k]) for k in SCORE_OUTPUTS}
+        return self.predict({"text": texts}, "score")
+
+    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+        """Iterates over one prompt's text, chunk by chunk (str): the first chunk starts with
+        the prompt, ``"".join(...)`` is the whole text. Runs ``start`` and then ``continue``
+        (tfchargen/streaming.py); ``max_length`` may exceed one call's 2048. Every request has
+        this client's timeout and retries: a retried chunk is the same chunk, never repeated text.
+        """
+        from tfchargen.generation.streaming import chunks
+
+        for out in chunks(lambda signature, inputs: self.predict(inputs, signature), [_as_bytes(prompt)],
+                          max_length, chunk, temperature, top_k, top_p, seed):
+            yield out["text"][0].decode("utf-8")
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# --------------------------------------------------------------------------------------- REST
+
+
+def _json_value(value, always_b64: bool):
+    if isinstance(value, (bytes, np.bytes_, str, np.str_)):
+        raw = _as_bytes(value)
+        if not always_b64:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        return {"b64": base64.b64encode(raw).decode("ascii")}
+    if isinstance(value, (np.floating, float)):
+        return float(value)
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_value(v, always_b64) for v in value]
+    raise TypeError(f"cannot send {type(value).__name__} to TF Serving")
+
+
+def _from_json(value):
+    """A JSON output value -> Python: {"b64": ...} and strings -> bytes, lists recursively."""
+    if isinstance(value, dict) and set(value) == {"b64"}:
+        return base64.b64decode(value["b64"])
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _column(name: str, values: list) -> np.ndarray:
+    values = _from_json(values)
+    dtype = _DTYPES.get(name)
+    if dtype is object or (values and isinstance(values[0], bytes)):
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+    return np.asarray(values, dtype=dtype)
+
+
+def _sse(resp, url: str):
+    """(event name or None, data as JSON) of each server-sent event, as it arrives."""
+    event, data = None, []
+    try:
+        for raw in resp:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if not line:
+                if data:
+                    yield event, json.loads("\n".join(data))
+                event, data = None, []
+            elif line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+    except (OSError, http.client.HTTPException) as e:
+        raise ServingError(f"POST {url}: the stream broke off: {e!r}", "UNAVAILABLE") from e
+    if data:
+        yield event, json.loads("\n".join(data))
+
+
+class RestClient(_Client):
+    """TF Serving's REST API (default port 8501).
+
+    ``request_format`` is ``"columnar"`` (``{"inputs": {name: [...]}}``, the default, compact)
+    or ``"row"`` (``{"instances": [{name: value, ...}, ...]}``, or a plain list when the
+    signature has one input). ``timeout`` is seconds per attempt. ``sse=False`` makes
+    :meth:`stream` use ``start``/``continue`` on ``:predict`` even where ``:stream`` exists.
+    """
+
+    def __init__(self, url: str, model_name: str = "chargen", version: int | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.1,
+                 request_format: str = "columnar", always_b64: bool = False, sse: bool = True):
+        if "://" not in url:
+            url = "http://" + url
+        if request_format not in ("columnar", "row"):
+            raise ValueError("request_format must be 'columnar' or 'row'")
+        self.url, self.model_name, self.version = url.rstrip("/"), model_name, version
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.request_format, self.always_b64, self.sse = request_format, always_b64, sse
+        self._idle: list[http.client.HTTPConnection] = []  # kept-alive connections, one per caller at a time
+        self._lock = threading.Lock()
+
+    def _model_url(self) -> str:
+        url = f"{self.url}/v1/models/{self.model_name}"
+        return url if self.version is None else f"{url}/versions/{int(self.version)}"
+
+    def _connection(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """(a connection to the server, whether it served a request before)."""
+        if not fresh:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop(), True
+        parts = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return cls(parts.hostname, parts.port, timeout=self.timeout), False
+
+    def _send(self, method: str, url: str, data: bytes | None, fresh: bool):
+        """One request -> (response, its connection); a kept-alive connection the server
+        has closed meanwhile is replaced once, which is not a retry."""
+        target = urllib.parse.urlsplit(url)
+        path = target.path + (f"?{target.query}" if target.query else "")
+        headers = {"Content-Type": "application/json"}
+        while True:
+            conn, reused = self._connection(fresh)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                return conn.getresponse(), conn
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if not reused:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+
+    def _request(self, method: str, url: str, body: dict | None = None, keep: list | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(_backoff(attempt - 1, self.backoff))
+            try:
+                resp, conn = self._send(method, url, data, fresh=keep is not None)
+                if keep is not None and resp.status == 200:  # the caller reads the body (and closes it)
+                    keep.append(resp)
+                    return {}
+                try:
+                    payload = resp.read()
+                except BaseException:
+                    conn.close()
+                    raise
+            except (socket.timeout, TimeoutError) as e:
+                raise ServingError(f"{method} {url}: no answer within {self.timeout:g} s (timeout)",
+                                   "DEADLINE_EXCEEDED") from e
+            except (ConnectionRefusedError, socket.gaierror) as e:
+                last = ServingError(f"{method} {url}: cannot connect: {e}", "UNAVAILABLE", True)
+                continue
+            except (OSError, http.client.HTTPException) as e:
+                last = ServingError(f"{method} {url}: connection failed: {e!r}", "UNAVAILABLE", True)
+                continue
+            if resp.will_close or keep is not None:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.append(conn)
+            if resp.status == 200:
+                return json.loads(payload.decode("utf-8"))
+            text = payload.decode("utf-8", "replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except (ValueError, AttributeError):
+                message = text
+            if resp.status == 503:
+                last = ServingError(f"{method} {url}: HTTP 503 (unavailable): {message}", "HTTP 503", True)
+                continue
+            raise ServingError(f"{method} {url}: HTTP {resp.status}: {message}", f"HTTP {resp.status}")
+        raise ServingError(f"{last} (gave up after {self.retries + 1} attempts)", last.code, True)
+
+    def close(self):
+        """Closes the kept-alive connections (the client stays usable: it opens new ones)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+        names = list(inputs)
+        body = {"signature_name": signature_name}
+        if self.request_format == "columnar":
+            body["inputs"] = {k: _json_value(v, self.always_b64) for k, v in inputs.items()}
+        else:
+            cols = {k: _json_value(v, self.always_b64) for k, v in inputs.items()}
+            n = len(cols[names[0]])
+            if any(len(c) != n for c in cols.values()):
+                raise ValueError("row format needs every input to have the same batch size")
+            body["instances"] = (cols[names[0]] if len(names) == 1
+                                 else [{k: cols[k][i] for k in names} for i in range(n)])
+        reply = self._request("POST", self._model_url() + ":predict", body)
+        if "outputs" in reply:
+            out = reply["outputs"]
+            if not isinstance(out, dict) or set(out) == {"b64"}:  # a single output, unnamed
+                out = {"output": out}
+            return {k: _column(k, v) for k, v in out.items()}
+        rows = reply.get("predictions")
+        if rows is None:
+            raise ServingError(f"unexpected reply from {self.url}: {str(reply)[:200]}")
+        if rows and isinstance(rows[0], dict) and set(rows[0]) != {"b64"}:
+            return {k: _column(k, [r[k] for r in rows]) for k in rows[0]}
+        return {"output": _column("output", rows)}
+
+    def status(self) -> dict:
+        """GET /v1/models/NAME[/versions/N]: the GetModelStatusResponse as JSON."""
+        return self._request("GET", self._model_url())
+
+    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+        """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
+        request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
+        nor does a model without ``start``/``continue`` (404) or an older server (501); those
+        stream through ``start``/``continue`` on ``:predict``, with its per-chunk retries.
+        ``:stream`` is retried like any request until its first event arrives; a connection
+        lost after that is a ServingError (the text so far has been yielded)."""
+        if not self.sse:
+            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            return
+        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        inputs = {"prompt": [_json_value(_as_bytes(prompt), self.always_b64)]}
+        inputs.update({k: [_json_value(GENERATE_DEFAULTS[k] if v is None else v, False)]
+                       for k, v in controls.items()})
+        body = {"signature_name": "generate", "inputs": inputs, "chunk": chunk}
+        url = self._model_url() + ":stream"
+        try:
+            resp = self._open("POST", url, body)
+        except ServingError as e:
+            if e.code not in ("HTTP 404", "HTTP 501") or "Servable not found" in str(e):
+                raise
+            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            return
+        with resp:
+            for event, data in _sse(resp, url):
+                if event == "error":
+                    raise ServingError(f"POST {url}: {data.get('error')}", "STREAM")
+                if event is None and "text" in data:
+                    yield data["text"]
+
+    def _open(self, method: str, url: str, body: dict):
+        """The open response of a request (for reading as it arrives), with _request's retries."""
+        holder = []
+        self._request(method, url, body, keep=holder)
+        return holder[0]
+
+
+# --------------------------------------------------------------------------------------- gRPC
+
+
+class GrpcClient(_Client):
+    """TF Serving's gRPC PredictionService (default port 8500). ``target`` is ``host:port``
+    (a ``grpc://`` prefix is accepted). ``timeout`` is the deadline per attempt in seconds."""
+
+    def __init__(self, target: str, model_name: str = "chargen", version: int | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 0.1,
+                 max_message_bytes: int = 256 << 20):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        self._grpc = grpc
+        self.target = target.split("://", 1)[1] if "://" in target else target
+        self.model_name, self.version = model_name, version
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def _call(self, method, request, what: str):
+        grpc = self._grpc
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(_backoff(attempt - 1, self.backoff))
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    last = ServingError(f"{what} at {self.target}: UNAVAILABLE: {details}", code.name, True)
+                    continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise ServingError(f"{what} at {self.target}: no answer within {self.timeout:g} s "
+                                       f"(timeout, DEADLINE_EXCEEDED)", code.name) from None
+                raise ServingError(f"{what} at {self.target}: {code.name}: {details}", code.name) from None
+        raise ServingError(f"{last} (gave up after {self.retries + 1} attempts)", last.code, True)
+
+    def _spec(self, spec, signature_name: str | None = None):
+        spec.name = self.model_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        if signature_name is not None:
+            spec.signature_name = signature_name
+
+    def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._spec(request.model_spec, signature_name)
+        for name, value in inputs.items():
+            if _DTYPES.get(name) is object or (len(value) and isinstance(value[0], (str, bytes))):
+                value = np.array([_as_bytes(v) for v in value], dtype=object)
+            else:
+                value = np.asarray(value, dtype=_DTYPES.get(name))
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        reply = self._call(self._stub.Predict, request, f"Predict({self.model_name}, {signature_name})")
+        return {k: tf.make_ndarray(v) for k, v in reply.outputs.items()}
+
+    def status(self) -> dict:
+        """ModelService.GetModelStatus as a dict like the REST status reply."""
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec)
+        stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        reply = self._call(stub.GetModelStatus, request, f"GetModelStatus({self.model_name})")
+        return message_json(reply)
+
+    def close(self):
+        self._channel.close()
+
+
+def connect(server: str, model_name: str = "chargen", protocol: str | None = None, **kwargs) -> _Client:
+    """A client for ``server``: ``http(s)://...`` -> REST, ``grpc://host:port`` -> gRPC;
+    ``protocol`` ("rest" or "grpc") overrides the guess (a bare ``host:port`` is REST)."""
+    if protocol is None:
+        protocol = "grpc" if server.startswith("grpc://") else "rest"
+    if protocol == "rest":
+        return RestClient(server, model_name, **kwargs)
+    if protocol == "grpc":
+        return GrpcClient(server, model_name, **kwargs)
+    raise ValueError(f"unknown protocol {protocol!r} (rest or grpc)")
