@@ -8,6 +8,9 @@ Dtypes are TensorFlow's names (``tf.as_dtype(name)`` turns one into a DType).
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 MAX_NEW_CHARS = 2048  # per-row cap on max_length; larger values are InvalidArgument
 MAX_PROMPT_CHARS = 4096  # longer prompts keep their last MAX_PROMPT_CHARS characters
 MAX_STREAM_CHARS = 2**30  # a stream (start + continue) ends at this many new characters
@@ -16,6 +19,7 @@ MAX_STREAM_CHARS = 2**30  # a stream (start + continue) ends at this many new ch
 # (`tfchargen export --default-*` changes them) and that the CLI and the C and Go clients use.
 SERVING_DEFAULTS = dict(max_length=100, temperature=0.8, top_k=0, top_p=1.0, seed=0)
 CONTROLS = tuple(SERVING_DEFAULTS)
+DEFAULT_CHUNK = 32  # new characters per chunk of a stream (start, then continue)
 
 GENERATE_INPUTS = {"prompt": "string", "max_length": "int32", "temperature": "float32",
                    "top_k": "int32", "top_p": "float32", "seed": "int64"}
@@ -66,18 +70,20 @@ MSG_STATE_VALUES = ("state_bytes: damaged stream state (position, flags or value
                     "NaN or inf)")
 
 
-def control_error(max_length=None, temperature=None, top_k=None, top_p=None) -> str | None:
+CONTROL_DTYPES = {name: GENERATE_INPUTS[name] for name in CONTROLS}
+
+
+def control_error(max_length=None, temperature=None, top_k=None, top_p=None, seed=None) -> str | None:
     """The message the graph would raise for these scalar controls, or None if they are valid.
 
-    Lets a caller refuse a bad value before it loads a model or sends a request.
+    The one check of controls in Python: it lets a caller refuse a bad value before it loads
+    a model or sends a request. ``seed`` takes any int64 (0 = unseeded).
 
     >>> control_error(max_length=5000)
     'max_length must be <= 2048'
     >>> control_error(temperature=0.5, top_p=1.0) is None
     True
     """
-    import math
-
     if max_length is not None and max_length < 0:
         return MSG_MAX_LENGTH_LOW
     if max_length is not None and max_length > MAX_NEW_CHARS:
@@ -89,3 +95,89 @@ def control_error(max_length=None, temperature=None, top_k=None, top_p=None) -> 
     if top_p is not None and not 0 < top_p <= 1:
         return MSG_TOP_P
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Controls:
+    """The sampling controls of ``generate``, ``start`` and ``continue``, passed whole.
+
+    Each field is a scalar (the same for every row) or a sequence with one value per prompt;
+    None takes the serving default (``SERVING_DEFAULTS``). Names, order and dtypes are the
+    signatures' (``CONTROLS``, ``CONTROL_DTYPES``).
+
+    Args:
+      max_length: new characters per row, 0..MAX_NEW_CHARS (a stream's total may exceed it).
+      temperature: finite, >= 0; 0 = greedy.
+      top_k: >= 0; keep the k likeliest characters, 0 = off.
+      top_p: in (0, 1]; nucleus sampling, 1 = off.
+      seed: any int64; 0 = unseeded, else the row's draws are a function of it alone.
+
+    >>> c = Controls(temperature=0, seed=[1, 2])
+    >>> c.rows(2)["seed"], c.rows(2)["max_length"]
+    ([1, 2], [100, 100])
+    >>> Controls(top_p=[1.0, 0.0]).error()
+    'top_p must be in (0, 1] (1 = off)'
+    >>> Controls(seed=[1, 2, 3]).rows(2)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must have one value per prompt
+    """
+
+    max_length: object = None
+    temperature: object = None
+    top_k: object = None
+    top_p: object = None
+    seed: object = None
+
+    def given(self) -> dict:
+        """{name: value} of the controls set (not None), in signature order."""
+        return {k: v for k, v in self.items() if v is not None}
+
+    def items(self):
+        return ((name, getattr(self, name)) for name in CONTROLS)
+
+    def resolved(self) -> dict:
+        """{name: value} with the serving defaults for the controls not set."""
+        return {k: SERVING_DEFAULTS[k] if v is None else v for k, v in self.items()}
+
+    def error(self, stream: bool = False) -> str | None:
+        """The contract's message for the first value out of range (every row checked), or
+        None. ``stream``: max_length bounds a whole stream, so only its sign is checked."""
+        for name, value in self.given().items():
+            for v in _values(value):
+                if stream and name == "max_length":
+                    v = min(v, MAX_NEW_CHARS)
+                msg = control_error(**{name: v})
+                if msg:
+                    return msg
+        return None
+
+    def check(self, stream: bool = False) -> "Controls":
+        """Raises ValueError with the contract's message for a value out of range."""
+        msg = self.error(stream)
+        if msg:
+            raise ValueError(msg)
+        return self
+
+    def rows(self, n: int) -> dict:
+        """{name: [n values]}: scalars repeated, defaults filled in; a sequence whose length
+        is not n raises ValueError (MSG_ONE_PER_PROMPT)."""
+        out = {}
+        for name, value in self.resolved().items():
+            if _is_sequence(value) and len(value) != n:
+                raise ValueError(MSG_ONE_PER_PROMPT.format(name=name))
+            out[name] = list(value) if _is_sequence(value) else [value] * n
+        return out
+
+    def replace(self, **changes) -> "Controls":
+        return dataclasses.replace(self, **changes)
+
+
+def _is_sequence(value) -> bool:
+    """A list, tuple or numpy array of one value per row (not a scalar, not a 0-d array)."""
+    return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0
+
+
+def _values(value) -> list:
+    """A control's values: a scalar as one value."""
+    return list(value) if _is_sequence(value) else [value]
