@@ -1,38 +1,44 @@
 """Shared fixtures, one per artifact: the AG News CSV from ../shared, one tiny trained run,
 its export (written by the training command), that export's version directory, the run's
-held-out evaluation, and the C and Go clients built from export/. Each is made once per
-session: training, exporting and starting TensorFlow are what the slow tests spend.
+held-out evaluation, a second export of the run (other serving defaults) and the C and Go
+clients built from export/. Each is made once per session: training, exporting and
+starting TensorFlow are what the slow tests spend. Plain helpers and constants are in
+tests/helpers.py.
 
 A test that uses a fixture in SLOW_FIXTURES (it trains, exports or builds) must be marked
 ``@pytest.mark.slow``: collection stops with an error naming any test that is not, so the
 fast layer (``pytest -m "not slow"``) never trains. Tests that spawn processes themselves
 are marked by hand.
+
+What the selected tests need is started in the background as soon as they are collected
+(the training, the client builds) or as soon as it can be (the held-out evaluation and the
+second export, once the training is done), and the fast tests run first: the in-process
+tests run beside those commands, whose fixtures wait for them.
 """
 
 import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import pytest
 
+from helpers import (C_DIR, DATA, GO_DIR, HELDOUT, TINY_SERVING_DEFAULTS, TRAIN, Background, cli_command, cli_env,
+                     skip_or_fail)
 from tfchargen.savedmodel.locate import versions
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "ag_news_csv" / "test.csv").resolve()
-TRAIN = f"csv:{DATA}[:6000]"
-HELDOUT = f"csv:{DATA}[6000:]"
-C_DIR = ROOT / "export" / "c"
-GO_DIR = ROOT / "export" / "go"
-
-# CI (.ci/run sets CI=true) fails where a developer's checkout skips: missing data, no Go.
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Fixture name -> why a test using it is slow.
 SLOW_FIXTURES = {"tiny_run": "trains a model", "c_client": "builds export/c", "go_client": "builds export/go"}
+
+
+def _order(item):
+    """Fast tests first, then slow ones that do without the tiny run, then the rest, each
+    group in collection order: the tiny run trains in the background meanwhile."""
+    if item.get_closest_marker("slow") is None:
+        return 0
+    return 2 if "tiny_run" in item.fixturenames else 1
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -44,13 +50,7 @@ def pytest_collection_modifyitems(config, items):
             unmarked.append(f"{item.nodeid} ({', '.join(uses)})")
     if unmarked:
         raise pytest.UsageError("mark these tests @pytest.mark.slow:\n  " + "\n  ".join(unmarked))
-
-
-def skip_or_fail(msg):
-    """Fails under CI, where every test must run; skips with ``msg`` elsewhere."""
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    items.sort(key=_order)  # stable: collection order within each group
 
 
 @pytest.fixture(scope="session")
@@ -61,58 +61,77 @@ def data_path():
     return DATA
 
 
-def cli_env(env=None):
-    """The environment run_cli gives the command: ours, TensorFlow's C++ logging quieted."""
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+# -- commands started in the background --------------------------------------------------------
+# The native clients' builds: (directory, timeout in seconds) by fixture name.
+BUILDS = {"c_client": (C_DIR, 300), "go_client": (GO_DIR, 600)}
+_jobs = {}  # name -> Background: the builds, the tiny run and what follows it
+_needed = set()  # fixture names some selected test uses
+_scratch = tempfile.mkdtemp(prefix="tfchargen-tests-")  # the tiny run and its second export; removed at the end
+TINY_RUN = os.path.join(_scratch, "runs", "tiny")
+TINY_V2_BASE = os.path.join(_scratch, "v2", "chargen")
 
 
-def run_cli(*args, timeout=600, env=None):
-    """Runs `python -m tfchargen ARGS` in a fresh process; returns CompletedProcess."""
-    return subprocess.run([sys.executable, "-m", "tfchargen", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=cli_env(env), cwd=ROOT)
+def _make_command(directory, *targets):
+    return ["make", "-C", str(directory), f"PYTHON={sys.executable}", *targets]
 
 
-def run_together(*commands, timeout=600, env=None, cwd=ROOT):
-    """Runs each command (an argv list) in a fresh process of its own, all of them at once;
-    returns their CompletedProcess objects in order. Starting TensorFlow is most of a short
-    command and runs on one core: independent commands started together use both.
-
-    On a timeout every process is killed and the test fails (it never hangs)."""
-    commands = [[os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in c] for c in commands]
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-             for c in commands]
-    results = []
-    try:
-        for c, p in zip(commands, procs):
-            out, err = p.communicate(timeout=timeout)
-            results.append(subprocess.CompletedProcess(c, p.returncode, out, err))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail(f"commands did not finish within {timeout} s: {commands}")
-    return results
-
-
-def run_clis(*arg_lists, timeout=600, env=None):
-    """run_cli for each argument list, all at once (see run_together); CompletedProcess list."""
-    return run_together(*[[sys.executable, "-m", "tfchargen", *args] for args in arg_lists], timeout=timeout,
-                        env=cli_env(env))
-
-
-# The serving_default defaults of the tiny run's export: greedy, 12 new characters.
-TINY_SERVING_DEFAULTS = ("--default-max-length", 12, "--default-temperature", 0)
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, data_path):
+def _train_command():
     """A tiny LSTM trained for 2 x 100 steps on rows 1-6000 through the real CLI, which
-    exports it at the end (``tiny_model``)."""
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    r = run_cli("train", "--preset", "tiny", "--run-dir", run_dir, "--train-data", TRAIN,
-                "--eval-data", HELDOUT, "--seed", 3, "--sample-every", 0, *TINY_SERVING_DEFAULTS)
-    assert r.returncode == 0, r.stderr[-3000:]
+    exports it at the end."""
+    return cli_command("train", "--preset", "tiny", "--run-dir", TINY_RUN, "--train-data", TRAIN,
+                       "--eval-data", HELDOUT, "--seed", 3, "--sample-every", 0, *TINY_SERVING_DEFAULTS)
+
+
+def pytest_collection_finish(session):
+    """Starts what the selected tests need in the background: each client's `make` and the
+    tiny run's training; its fixture waits for it."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        # A fixture by name, or a parametrized one that looks the client up by a parameter
+        # ("c" -> c_client, as tests/test_native_clients.py's `client` does).
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        _needed.update(item.fixturenames)
+        _needed.update(f"{v}_client" for v in params.values() if isinstance(v, str))
+    for name in sorted(set(BUILDS) & _needed):
+        if name == "go_client" and shutil.which("go") is None:
+            continue  # the fixture skips or fails with the reason
+        _jobs[name] = Background(_make_command(BUILDS[name][0]))
+    if "tiny_run" in _needed and DATA.exists():  # else data_path skips or fails
+        _jobs["tiny_run"] = Background(_train_command(), env=cli_env())
+
+
+def pytest_sessionfinish(session):
+    for job in _jobs.values():  # ends a job no test waited for
+        job.kill()
+    shutil.rmtree(_scratch, ignore_errors=True)
+
+
+def _wait(name, timeout, what):
+    """The CompletedProcess of background job ``name``; fails with its output if it failed."""
+    r = _jobs[name].wait(timeout)
+    if r.returncode != 0:
+        pytest.fail(f"{what} failed (exit {r.returncode}):\n{(r.stdout + r.stderr)[-6000:]}")
+    return r
+
+
+# -- the tiny run and its exports ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_run(data_path):
+    """A tiny LSTM trained for 2 x 100 steps on rows 1-6000 through the real CLI, which
+    exports it at the end (``tiny_model``). Started in the background at collection."""
+    if "tiny_run" not in _jobs:  # selected after collection (e.g. getfixturevalue)
+        _jobs["tiny_run"] = Background(_train_command(), env=cli_env())
+    _wait("tiny_run", 900, "tfchargen train (the tiny run)")
+    run_dir = pathlib.Path(TINY_RUN)
+    # What tests take from the finished run, started at once (each waits in its fixture).
+    if "tiny_run_heldout" in _needed:
+        _jobs["tiny_run_heldout"] = Background(cli_command("evaluate", "--run-dir", run_dir, "--data", HELDOUT),
+                                               env=cli_env())
+    if "tiny_model_v2" in _needed:
+        _jobs["tiny_model_v2"] = Background(cli_command("export", "--run-dir", run_dir, "--export-base", TINY_V2_BASE,
+                                                        "--default-max-length", 3, "--default-temperature", 0),
+                                            env=cli_env())
     return run_dir
 
 
@@ -131,15 +150,40 @@ def tiny_model(tiny_run):
 @pytest.fixture(scope="session")
 def tiny_run_heldout(tiny_run):
     """`tfchargen evaluate --run-dir` of the tiny run on the held-out rows: its JSON line."""
-    r = run_cli("evaluate", "--run-dir", tiny_run, "--data", HELDOUT)
-    assert r.returncode == 0, r.stderr[-2000:]
+    if "tiny_run_heldout" not in _jobs:
+        _jobs["tiny_run_heldout"] = Background(cli_command("evaluate", "--run-dir", tiny_run, "--data", HELDOUT),
+                                               env=cli_env())
+    r = _wait("tiny_run_heldout", 600, "tfchargen evaluate --run-dir (the tiny run)")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v2(tiny_run):
+    """A second `tfchargen export` of the tiny run, made in the background once it trained:
+    other serving defaults (greedy, 3 characters). Its version directory (``.../1``); tests
+    copy it, never change it."""
+    if "tiny_model_v2" not in _jobs:
+        _jobs["tiny_model_v2"] = Background(cli_command("export", "--run-dir", tiny_run, "--export-base", TINY_V2_BASE,
+                                                        "--default-max-length", 3, "--default-temperature", 0),
+                                            env=cli_env())
+    _wait("tiny_model_v2", 600, "tfchargen export (the tiny run's second export)")
+    assert versions(TINY_V2_BASE) == [1], sorted(os.listdir(TINY_V2_BASE))
+    return pathlib.Path(TINY_V2_BASE) / "1"
 
 
 @pytest.fixture(scope="session")
 def version_dir(tiny_model):
     """tiny_model's only version: the SavedModel directory itself."""
     return tiny_model / "1"
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(version_dir):
+    """tf.saved_model.load of tiny_model's version, once per session: tests call its
+    signatures (read only)."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(version_dir))
 
 
 @pytest.fixture()
@@ -150,62 +194,14 @@ def tiny_model_copy(tiny_model, tmp_path):
     return copy
 
 
-# The native clients' builds: (directory, timeout in seconds) by fixture name.
-BUILDS = {"c_client": (C_DIR, 300), "go_client": (GO_DIR, 600)}
-_started_builds = {}  # fixture name -> (Popen of its `make`, the file its output goes to)
-
-
-def _make_command(directory, *targets):
-    return ["make", "-C", str(directory), f"PYTHON={sys.executable}", *targets]
-
-
-def pytest_collection_finish(session):
-    """Starts `make` for each client a selected test needs, in the background: compiling
-    runs beside the tests before the first one that uses the client, whose fixture waits."""
-    if session.config.option.collectonly:
-        return
-    needed = set()
-    for item in session.items:
-        # A fixture by name, or a parametrized one that looks the client up by a parameter
-        # ("c" -> c_client, as tests/test_native_clients.py's `client` does).
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        needed |= {name for name in BUILDS if name in item.fixturenames
-                   or name in {f"{v}_client" for v in params.values() if isinstance(v, str)}}
-    for name in sorted(needed):
-        if name == "go_client" and shutil.which("go") is None:
-            continue  # the fixture skips or fails with the reason
-        log = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen(_make_command(BUILDS[name][0]), stdout=log, stderr=subprocess.STDOUT, text=True)
-        _started_builds[name] = (proc, log)
-
-
-def pytest_sessionfinish(session):
-    for proc, log in _started_builds.values():  # a build no test waited for
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
+# -- the native clients -------------------------------------------------------------------------
 def _make(name):
     """Waits for the client's background `make` (or runs it now if none was started); fails
     with make's output if it failed."""
     directory, timeout = BUILDS[name]
-    if name not in _started_builds:
-        r = subprocess.run(_make_command(directory), capture_output=True, text=True, timeout=timeout)
-        output = r.stdout + r.stderr
-    else:
-        proc, log = _started_builds[name]
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"make -C {directory} did not finish within {timeout} s")
-        log.seek(0)
-        output, r = log.read(), proc
-    if r.returncode != 0:
-        pytest.fail(f"make -C {directory} failed:\n{output[-6000:]}")
+    if name not in _jobs:
+        _jobs[name] = Background(_make_command(directory))
+    _wait(name, timeout, f"make -C {directory}")
 
 
 @pytest.fixture(scope="session")

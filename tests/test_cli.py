@@ -14,7 +14,7 @@ from tfchargen import contract
 from tfchargen.config import DEFAULTS
 from tfchargen.contract import SERVING_DEFAULTS
 
-from conftest import HELDOUT, ROOT, run_together
+from helpers import HELDOUT, ROOT, run_together
 
 
 def errors(capsys, *argv):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import HELDOUT, run_clis, run_together
+from helpers import HELDOUT, run_clis, run_together
 from tfchargen import contract
 from tfchargen.savedmodel import export as export_lib
 from tfchargen.generation import generator as gen_lib

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
-from conftest import ROOT
+from helpers import ROOT
 from tfchargen.generation.seeds import row_seed
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import C_DIR, ROOT, run_cli
+from helpers import C_DIR, ROOT, run_cli
 from tfchargen import contract
 from tfchargen.generation import seeds
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TRAIN
+from helpers import TRAIN
 from tfchargen.model import fused_lstm
 from tfchargen.model import charrnn as model_lib
 from tfchargen.data import pipeline

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from conftest import run_clis
+from helpers import run_clis
 from tfchargen.generation import seeds
 
 ROWS, CHARS = 8, 40

@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from conftest import DATA, ROOT, run_cli
+from helpers import DATA, ROOT, run_cli
 from tfchargen.cli import app as cli
 from tfchargen.data import sources
 from tfchargen.savedmodel.locate import versions

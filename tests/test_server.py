@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
-from conftest import ROOT, run_cli, skip_or_fail
+from helpers import ROOT, run_cli, skip_or_fail
 from tfchargen import contract
 from tfchargen.savedmodel import warmup as warmup_lib
 from tfchargen.serving.client import GrpcClient, RestClient, ServingError

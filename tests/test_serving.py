@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from faults import INJECTED, FaultProxy
 from tfchargen.serving import client as client_lib
 from tfchargen.savedmodel import warmup as warmup_lib

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from conftest import DATA, HELDOUT, TRAIN
+from helpers import DATA, HELDOUT, TRAIN
 from tfchargen.data import sources
 
 

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from conftest import ROOT, run_cli, run_clis, run_together
+from helpers import ROOT, run_cli, run_clis, run_together
 from tfchargen import config
 from tfchargen import contract
 from tfchargen.generation import generator as gen_lib

@@ -13,7 +13,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from conftest import HELDOUT, ROOT, TRAIN, run_cli, run_clis
+from helpers import HELDOUT, ROOT, TRAIN, run_cli, run_clis
 from tfchargen import config
 from tfchargen.data import sources
 from tfchargen.data.vocab import normalize_py

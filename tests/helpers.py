@@ -1,0 +1,116 @@
+"""The tests' plain helpers and constants: paths, the data slices, running the CLI and other
+commands in fresh processes (one at a time or all at once), and commands started in the
+background early and waited for where they are needed. Fixtures live in conftest.py.
+
+Tests import these by name (``from helpers import HELDOUT, run_clis``): tests/ is on
+pytest's pythonpath (pyproject.toml).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = (ROOT / ".." / "shared" / "data" / "ag_news_csv" / "test.csv").resolve()
+TRAIN = f"csv:{DATA}[:6000]"
+HELDOUT = f"csv:{DATA}[6000:]"
+C_DIR = ROOT / "export" / "c"
+GO_DIR = ROOT / "export" / "go"
+
+# CI (.ci/run sets CI=true) fails where a developer's checkout skips: missing data, no Go.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# The serving_default defaults of the tiny run's export: greedy, 12 new characters.
+TINY_SERVING_DEFAULTS = ("--default-max-length", 12, "--default-temperature", 0)
+
+
+def skip_or_fail(msg):
+    """Fails under CI, where every test must run; skips with ``msg`` elsewhere."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def cli_env(env=None):
+    """The environment run_cli gives the command: ours, TensorFlow's C++ logging quieted."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+
+
+def cli_command(*args):
+    """The argv of `python -m tfchargen ARGS` (paths and numbers as strings)."""
+    return [sys.executable, "-m", "tfchargen", *map(str, args)]
+
+
+def run_cli(*args, timeout=600, env=None):
+    """Runs `python -m tfchargen ARGS` in a fresh process; returns CompletedProcess."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(env),
+                          cwd=ROOT)
+
+
+def run_together(*commands, timeout=600, env=None, cwd=ROOT):
+    """Runs each command (an argv list) in a fresh process of its own, all of them at once;
+    returns their CompletedProcess objects in order. Starting TensorFlow is most of a short
+    command and runs on one core: independent commands started together use both.
+
+    On a timeout every process is killed and the test fails (it never hangs)."""
+    jobs = []
+    try:
+        for c in commands:
+            jobs.append(Background(c, env=env, cwd=cwd))
+        return [job.wait(timeout) for job in jobs]
+    finally:
+        for job in jobs:  # after a timeout or a failed start: none is left running
+            job.kill()
+
+
+def run_clis(*arg_lists, timeout=600, env=None):
+    """run_cli for each argument list, all at once (see run_together); CompletedProcess list."""
+    return run_together(*[cli_command(*args) for args in arg_lists], timeout=timeout, env=cli_env(env))
+
+
+class Background:
+    """A command started now in a process of its own, its output going to temporary files
+    (never a pipe that could fill up while nobody reads it); ``wait()`` gives its
+    CompletedProcess (text output). Started early, it runs beside whatever comes first.
+
+    >>> job = Background(cli_command("export", "--run-dir", run, "--export-base", base))  # doctest: +SKIP
+    >>> r = job.wait(timeout=600)  # doctest: +SKIP
+    """
+
+    def __init__(self, command, env=None, cwd=ROOT):
+        self.args = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in command]
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True, env=env, cwd=cwd)
+        self._result = None
+
+    def wait(self, timeout=600):
+        """Waits for the command (``timeout`` seconds from now); kills it and fails the test
+        on a timeout (a test never hangs)."""
+        if self._result is None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"command did not finish within {timeout} s: {self.args}")
+            outputs = []
+            for f in (self._out, self._err):
+                f.seek(0)
+                outputs.append(f.read())
+                f.close()
+            self._result = subprocess.CompletedProcess(self.args, self.proc.returncode, *outputs)
+        return self._result
+
+    def kill(self):
+        """Ends the command if it is still running (a job nobody waited for)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self._result is None:
+            self._out.close()
+            self._err.close()
