@@ -116,13 +116,17 @@ def loaded(tiny_model):
 
 def local(loaded, rows):
     """The SavedModel's generate signature in this process, each row ALONE."""
-    outs = []
-    for r in rows:
-        out = loaded.signatures["generate"](
-            prompt=tf.constant([r["prompt"]]), **{k: tf.constant([r[k]], tf.as_dtype(contract.GENERATE_INPUTS[k]))
-                                                  for k in contract.CONTROLS})
-        outs.append({k: v.numpy()[0] for k, v in out.items()})
-    return outs
+    return [local_batch(loaded, [r])[0] for r in rows]
+
+
+def local_batch(loaded, rows):
+    """The SavedModel's generate signature in this process, the rows in ONE call (the batch
+    a server runs for a request alone)."""
+    out = loaded.signatures["generate"](
+        prompt=tf.constant([r["prompt"] for r in rows]),
+        **{k: tf.constant([r[k] for r in rows], tf.as_dtype(contract.GENERATE_INPUTS[k])) for k in contract.CONTROLS})
+    out = {k: v.numpy() for k, v in out.items()}
+    return [{k: v[i] for k, v in out.items()} for i in range(len(rows))]
 
 
 def test_status_metadata_and_predict_row_columnar_grpc(server, loaded):
@@ -142,7 +146,7 @@ def test_status_metadata_and_predict_row_columnar_grpc(server, loaded):
 
     rows = [dict(prompt=p, max_length=20, temperature=t, top_k=0, top_p=1.0, seed=s)
             for p, t, s in [("Today ", 0.0, 0), ("On Sunday ", 0.9, 5), ("", 1.2, 11)]]
-    want = local(loaded, rows)
+    want, batched = local(loaded, rows), local_batch(loaded, rows)
     status, row_reply = http_json("POST", f"{server.url}/v1/models/chargen:predict",
                                   {"signature_name": "generate", "instances": rows})
     assert status == 200
@@ -150,11 +154,15 @@ def test_status_metadata_and_predict_row_columnar_grpc(server, loaded):
     status, col_reply = http_json("POST", f"{server.url}/v1/models/chargen/versions/1:predict",
                                   {"signature_name": "generate", "inputs": columns})
     assert status == 200
-    for i, w in enumerate(want):
+    for i, (w, b) in enumerate(zip(want, batched)):
         assert row_reply["predictions"][i]["text"] == w["text"].decode()
         assert col_reply["outputs"]["text"][i] == w["text"].decode()
         assert col_reply["outputs"]["num_chars"][i] == w["num_chars"]
-        assert np.float32(row_reply["predictions"][i]["log_prob"]) == w["log_prob"]
+        # float32 survives JSON exactly: the same batch in this process gives the same bits
+        # (alone, a row's log-prob may differ in the last bits: the CPU matmul rounds by batch size).
+        assert np.float32(row_reply["predictions"][i]["log_prob"]) == b["log_prob"]
+        assert np.float32(col_reply["outputs"]["log_prob"][i]) == b["log_prob"]
+        np.testing.assert_allclose(b["log_prob"], w["log_prob"], rtol=1e-5, atol=1e-4)
     # serving_default: one input, so the row format is a plain list; {"b64"} strings decode.
     status, reply = http_json("POST", f"{server.url}/v1/models/chargen:predict",
                               {"instances": [{"b64": "VG9kYXkg"}, "On Sunday "]})
