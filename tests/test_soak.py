@@ -17,7 +17,7 @@ import soak
 @pytest.mark.slow
 def test_16_threads_on_one_loaded_model(version_dir):
     calls = int(os.environ.get("TFCHARGEN_SOAK_CALLS", "25"))
-    model = fz.Model.cached(str(version_dir))  # shared with test_fuzz
+    model = fz.Model.cached(str(version_dir))  # shared with test_fuzz_signatures
     # tiny_model's serving_default is greedy (--default-temperature 0), 12 characters.
     summary = soak.soak(model, threads=16, calls=calls, seed=0, default_max_length=12, default_deterministic=True)
     assert summary["errors"] == 0, summary["first_errors"]
