@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import C_DIR, ROOT, run_cli
+from helpers import C_DIR, Background, cli_command, cli_env
 from tfchargen import contract
 from tfchargen.generation import seeds
 
@@ -40,7 +40,9 @@ import json, sys
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-path, configs = sys.argv[1], json.loads(sys.stdin.read())
+path = sys.argv[1]
+with open(sys.argv[3]) as f:
+    configs = json.load(f)
 m = tf.saved_model.load(path)
 out = {"texts": {}}
 for name, c in configs.items():
@@ -75,19 +77,59 @@ def client(request):
     return request.getfixturevalue(f"{request.param}_client")
 
 
+# The CLI runs the native clients are compared with, by name: (flags, prompts). Each runs once
+# for both clients, all of them at once, beside the first tests (python_runs).
+PROMPT = "Café ☕ "
+SEEDED_STREAM = ["--temperature", "1", "--max-length", "60", "--top-p", "0.95", "--seed", "77"]
+GREEDY_LONG = ["--temperature", "0", "--max-length", "2100", "--chunk", "2048"]
+CLI_PROMPTS = ["Today ", "Today ", "On Sunday ", "", "Café ☕", "Today "]
+CLI_FLAGS = ["--temperature", "1", "--max-length", "50", "--top-p", "0.95", "--seed", "-12345"]
+STREAM_FLAGS = {"chunk 7": [*SEEDED_STREAM, "--chunk", "7"], "chunk 32": SEEDED_STREAM, "chunk 2048": GREEDY_LONG}
+CLI_RUNS = {"several prompts": (CLI_FLAGS, CLI_PROMPTS),
+            **{f"stream {k}": (["--stream", *flags], [PROMPT]) for k, flags in STREAM_FLAGS.items()}}
+
+
 @pytest.fixture(scope="module")
-def reference(version_dir, tmp_path_factory):
-    """Python's answers from the same SavedModel, loaded in a fresh process; plus the
-    serve MetaGraphDef's signatures as protobuf itself parses them, and its bytes."""
-    meta = tmp_path_factory.mktemp("meta") / "meta_graph.pb"
+def python_runs(tiny_model, version_dir, tmp_path_factory):
+    """Started together in the background at the module's first use: REFERENCE (the
+    SavedModel in a fresh Python process) and every CLI run of CLI_RUNS."""
+    tmp = tmp_path_factory.mktemp("meta")
+    meta, configs_path = tmp / "meta_graph.pb", tmp / "configs.json"
     configs = {name: dict(c, prompts=[p.hex() for p in PROMPTS],
                           seeds=[seeds.row_seed(c["seed"], i) for i in range(len(PROMPTS))])
                for name, (_, c) in CONFIGS.items()}
-    r = subprocess.run([sys.executable, "-c", REFERENCE, str(version_dir), str(meta)], input=json.dumps(configs),
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    configs_path.write_text(json.dumps(configs))
+    jobs = {"reference": Background([sys.executable, "-c", REFERENCE, version_dir, meta, configs_path],
+                                    env=cli_env()),
+            **{name: Background(cli_command("generate", "--model", tiny_model, *flags,
+                                            *[f"--prompt={p}" for p in prompts]), env=cli_env())
+               for name, (flags, prompts) in CLI_RUNS.items()}}
+    yield jobs, meta
+    for job in jobs.values():
+        job.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(python_runs):
+    """Python's answers from the same SavedModel, loaded in a fresh process; plus the
+    serve MetaGraphDef's signatures as protobuf itself parses them, and its bytes."""
+    jobs, meta = python_runs
+    r = jobs["reference"].wait(300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     out["meta_path"] = meta
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli(python_runs):
+    """name -> the stdout (bytes) of CLI_RUNS' `tfchargen generate` run of that name."""
+    jobs, _ = python_runs
+    out = {}
+    for name in CLI_RUNS:
+        r = jobs[name].wait(600)
+        assert r.returncode == 0, (name, r.stderr[-3000:])
+        out[name] = r.stdout.encode()
     return out
 
 
@@ -98,13 +140,28 @@ def run(binary, *args, timeout=120):
 def run_many(binary, arg_lists, timeout=180):
     """Runs the client once per argument list, all at the same time (most of a run is
     loading the model, single-threaded); returns CompletedProcess objects in order."""
-    procs = [subprocess.Popen([str(binary), *map(os.fspath, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=_env()) for args in arg_lists]
-    results = []
-    for p, args in zip(procs, arg_lists):
-        out, err = p.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(args, p.returncode, out, err))
+    (results,) = run_many_binaries([(binary, arg_lists)], timeout)
     return results
+
+
+def run_many_binaries(runs, timeout=180):
+    """run_many for several (binary, argument lists) at once: a list of results per binary."""
+    procs = [[(args, subprocess.Popen([str(binary), *map(os.fspath, args)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=_env())) for args in arg_lists]
+             for binary, arg_lists in runs]
+    try:
+        results = []
+        for ps in procs:
+            results.append([])
+            for args, p in ps:
+                out, err = p.communicate(timeout=timeout)
+                results[-1].append(subprocess.CompletedProcess(args, p.returncode, out, err))
+        return results
+    finally:
+        for args, p in [x for ps in procs for x in ps]:  # after a timeout: none is left running
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
 
 
 def test_same_bytes_as_python(client, version_dir, reference):
@@ -118,17 +175,14 @@ def test_same_bytes_as_python(client, version_dir, reference):
         assert len(lines) == len(PROMPTS) + 1 and all(line.startswith(p) for line, p in zip(lines, kept)), name
 
 
-def test_same_bytes_as_the_cli(client, tiny_model):
+def test_same_bytes_as_the_cli(client, tiny_model, cli):
     """One --seed for several prompts: the CLI, C and Go derive the same row seeds (prompt
     i gets row_seed(seed, i)), so they print the same texts; every prompt its own draw."""
-    prompts = ["Today ", "Today ", "On Sunday ", "", "Café ☕", "Today "]
-    flags = ["--temperature", "1", "--max-length", "50", "--top-p", "0.95", "--seed", "-12345"]
-    cli = run_cli("generate", "--model", tiny_model, *flags, *[f"--prompt={p}" for p in prompts])
-    assert cli.returncode == 0, cli.stderr[-3000:]
+    flags, prompts = CLI_RUNS["several prompts"]
     native = run(client, *flags, str(tiny_model), *prompts)
     assert native.returncode == 0, native.stderr
-    assert native.stdout == cli.stdout.encode()
-    same_prompt = [line for line in cli.stdout.splitlines() if line.startswith("Today ")]
+    assert native.stdout == cli["several prompts"]
+    same_prompt = [line for line in cli["several prompts"].decode().splitlines() if line.startswith("Today ")]
     assert len(same_prompt) == 3 and len(set(same_prompt)) == 3
 
 
@@ -265,41 +319,39 @@ def test_no_leak_over_repeated_calls(client, version_dir):
     pytest.fail(f"peak RSS (KB) after {n // 10} and {n} calls, two attempts: {seen}")
 
 
-def test_c_stream_prints_the_bytes_of_the_cli_stream(c_client, tiny_model):
+def test_c_stream_prints_the_bytes_of_the_cli_stream(c_client, tiny_model, cli):
     """`tfchargen-c --stream` chains start and continue: whatever the chunk size, the bytes
     of `tfchargen generate --stream` and of one `generate` call for the same seeded request."""
-    flags = ["--temperature", "1", "--max-length", "60", "--top-p", "0.95", "--seed", "77"]
-    prompt = "Café ☕ "
-    cli = run_cli("generate", "--model", tiny_model, "--stream", "--chunk", "7", *flags, f"--prompt={prompt}")
-    assert cli.returncode == 0, cli.stderr[-3000:]
-    whole = run(c_client, *flags, str(tiny_model), prompt)
+    flags, prompt = SEEDED_STREAM, PROMPT
+    chunks = ("1", "7", "2048")
+    whole, *streams, two = run_many(c_client, [[*flags, tiny_model, prompt],
+                                               *[["--stream", "--chunk", chunk, *flags, tiny_model, prompt]
+                                                 for chunk in chunks],
+                                               ["--stream", tiny_model, "a", "b"]])
     assert whole.returncode == 0, whole.stderr
-    assert whole.stdout == cli.stdout.encode() and whole.stdout.startswith(prompt.encode())
-    streams = run_many(c_client, [["--stream", "--chunk", chunk, *flags, tiny_model, prompt] for chunk in ("1", "7", "2048")])
-    for chunk, r in zip(("1", "7", "2048"), streams):
+    assert whole.stdout == cli["stream chunk 7"] and whole.stdout.startswith(prompt.encode())
+    for chunk, r in zip(chunks, streams):
         assert r.returncode == 0 and r.stderr == b"", (chunk, r.stderr)
         assert r.stdout == whole.stdout, chunk
-    two = run(c_client, "--stream", str(tiny_model), "a", "b")
     assert two.returncode == 2 and two.stderr.decode().startswith("tfchargen-c: --stream")
 
 
-def test_go_stream_prints_the_bytes_of_the_c_and_cli_streams(go_client, c_client, tiny_model):
+def test_go_stream_prints_the_bytes_of_the_c_and_cli_streams(go_client, c_client, tiny_model, cli):
     """`tfchargen-go --stream` chains start and continue as `tfchargen-c --stream` does: the bytes
     of the C client and of `tfchargen generate --stream`, seeded over several chunks and greedy
     past one call's 2048 characters; the same usage and graph errors, one line each."""
-    prompt = "Café ☕ "
-    seeded = ["--temperature", "1", "--max-length", "60", "--top-p", "0.95", "--seed", "77"]
-    greedy = ["--temperature", "0", "--max-length", "2100", "--chunk", "2048"]
-    for flags in ([*seeded, "--chunk", "7"], seeded, greedy):  # chunks of 7, of 32 (the default), of 2048
-        cli = run_cli("generate", "--model", tiny_model, "--stream", *flags, f"--prompt={prompt}")
-        assert cli.returncode == 0, cli.stderr[-3000:]
-        go, c = (run(binary, "--stream", *flags, str(tiny_model), prompt) for binary in (go_client, c_client))
-        for r in (go, c):
-            assert r.returncode == 0 and r.stderr == b"", (flags, r.stderr)
-        assert go.stdout == c.stdout == cli.stdout.encode() and go.stdout.startswith(prompt.encode()), flags
+    prompt = PROMPT
+    runs = {name: [["--stream", *flags, tiny_model, prompt]] for name, flags in STREAM_FLAGS.items()}
     bad = [["--stream", tiny_model, "a", "b"], ["--stream", "--chunk", "0", tiny_model, "a"],
            ["--stream", "--chunk=2049", tiny_model, "a"], ["--stream", "--max-length", "-1", tiny_model, "a"]]
-    for go, c in zip(run_many(go_client, bad), run_many(c_client, bad)):
+    args = [a for name in STREAM_FLAGS for a in runs[name]] + bad
+    go_runs, c_runs = run_many_binaries([(go_client, args), (c_client, args)])
+    n = len(STREAM_FLAGS)
+    for name, go, c in zip(STREAM_FLAGS, go_runs[:n], c_runs[:n]):  # chunks of 7, of 32 (the default), of 2048
+        for r in (go, c):
+            assert r.returncode == 0 and r.stderr == b"", (name, r.stderr)
+        assert go.stdout == c.stdout == cli[f"stream {name}"] and go.stdout.startswith(prompt.encode()), name
+    for go, c in zip(go_runs[n:], c_runs[n:]):
         assert go.returncode == c.returncode and go.stdout == c.stdout == b"", (go.args, go.stderr, c.stderr)
         line = _one_line_error(go, "tfchargen-go")
         assert line.replace("tfchargen-go", "tfchargen-c", 1) == _one_line_error(c, "tfchargen-c"), go.args
