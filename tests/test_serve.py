@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
 import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
-from helpers import ROOT, run_cli, skip_or_fail
+from helpers import ROOT, run_clis, skip_or_fail
 from tfchargen import contract
 from tfchargen.savedmodel import warmup as warmup_lib
 from tfchargen.serving.client import GrpcClient, RestClient, ServingError
@@ -43,9 +43,10 @@ def free_port() -> int:
 
 
 class Serve:
-    """`python -m tfchargen serve ...` in a subprocess; waits until it answers."""
+    """`python -m tfchargen serve ...` in a subprocess; waits until it answers (with
+    ``wait=False``, until ``wait_ready()``: servers started together load at once)."""
 
-    def __init__(self, model, *flags, name="chargen"):
+    def __init__(self, model, *flags, name="chargen", wait=True):
         self.port, self.grpc_port = free_port(), free_port()
         self.lines, self.name = [], name
         self.proc = subprocess.Popen(
@@ -54,10 +55,15 @@ class Serve:
             cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         self._ready = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(180):
+        self.url, self.target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=180):
+        if not self._ready.wait(timeout):
             self.stop()
             raise AssertionError("server did not start:\n" + "\n".join(self.lines[-30:]))
-        self.url, self.target = f"http://127.0.0.1:{self.port}", f"127.0.0.1:{self.grpc_port}"
+        return self
 
     def _read(self):
         for line in self.proc.stderr:
@@ -103,15 +109,24 @@ def base(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(base):
-    s = Serve(base, "--poll-seconds", 0.5, "--read-timeout", 2)
-    yield s
-    s.stop()
+def servers(base, tiny_model):
+    """Both servers of this module, started at once: the one most tests call (on ``base``)
+    and the one test_sigterm_finishes_in_flight_requests_and_exits_0 stops."""
+    started = {"server": Serve(base, "--poll-seconds", 0.5, "--read-timeout", 2, wait=False),
+               "to_stop": Serve(tiny_model, "--versions", "all", wait=False)}
+    yield started
+    for s in started.values():
+        s.stop()
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny_model):
-    return tf.saved_model.load(str(tiny_model / "1"))
+def server(servers):
+    return servers["server"].wait_ready()
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_loaded):
+    return tiny_loaded
 
 
 def local(loaded, rows):
@@ -291,7 +306,10 @@ def test_the_rest_client_keeps_its_connection_and_replaces_one_the_server_closed
     c.close()
 
 
-def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_requests(server, base, tiny_run):
+def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_requests(server, base, tiny_model_v2):
+    """Version 2 (a `tfchargen export` of the run with a default max_length of 3, made in the
+    background) appears in the served base under traffic the way the export publishes a
+    version: written aside as `.tmp-*`, then renamed to its number (the rename is atomic)."""
     stop, failures, done = threading.Event(), [], [0]
 
     def traffic():
@@ -307,9 +325,9 @@ def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_reque
     for t in threads:
         t.start()
     try:
-        r = run_cli("export", "--run-dir", tiny_run, "--export-base", base, "--default-max-length", 3,
-                    "--default-temperature", 0)
-        assert r.returncode == 0, r.stderr[-2000:]
+        aside = base / f".tmp-{os.getpid()}"
+        shutil.copytree(tiny_model_v2, aside)
+        os.rename(aside, base / "2")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             versions = [s["version"] for s in http_json("GET", f"{server.url}/v1/models/chargen")[1]
@@ -339,24 +357,29 @@ def test_a_new_version_is_loaded_warmed_up_and_switched_to_without_failing_reque
 
 
 def test_cli_errors_are_one_line_exit_2(tiny_model, tmp_path):
-    r = run_cli("serve", "--model", tmp_path / "missing")
-    assert r.returncode == 2 and "tfchargen serve: error: no such model directory" in r.stderr
-    assert "Traceback" not in r.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        r = run_cli("serve", "--model", tiny_model, "--port", s.getsockname()[1], "--grpc-port", 0)
-    assert r.returncode == 2 and "tfchargen serve: error: cannot listen on 127.0.0.1" in r.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = run_cli("serve", "--model", empty, "--port", 0, "--grpc-port", 0)
+    with socket.socket() as s:  # a port in use while the commands run (all at once)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        missing, taken, no_version, bad_versions = run_clis(
+            ["serve", "--model", tmp_path / "missing"],
+            ["serve", "--model", tiny_model, "--port", s.getsockname()[1], "--grpc-port", 0],
+            ["serve", "--model", empty, "--port", 0, "--grpc-port", 0],
+            ["serve", "--model", tiny_model, "--versions", "x"])
+    r = missing
+    assert r.returncode == 2 and "tfchargen serve: error: no such model directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = taken
+    assert r.returncode == 2 and "tfchargen serve: error: cannot listen on 127.0.0.1" in r.stderr
+    r = no_version
     assert r.returncode == 2 and "no version of" in r.stderr
-    r = run_cli("serve", "--model", tiny_model, "--versions", "x")
+    r = bad_versions
     assert r.returncode == 2 and "expected latest, all or comma-separated" in r.stderr
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_model):
-    s = Serve(tiny_model, "--versions", "all")
+def test_sigterm_finishes_in_flight_requests_and_exits_0(servers):
+    s = servers["to_stop"].wait_ready()
     results = []
 
     def long_request():
@@ -476,9 +499,8 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_server_serving(server):
 def test_generate_stream_through_the_server_prints_what_generate_prints(server):
     args = ["generate", "--server", server.url, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21,
             "--max-length", 150]
-    one = run_cli(*args)
     before = len(server.log(r"^POST /v1/models/chargen:stream 200"))
-    streamed = run_cli(*args, "--stream", "--chunk", 16)
+    one, streamed = run_clis(args, [*args, "--stream", "--chunk", 16])  # at once: only one streams
     assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
     assert streamed.stdout == one.stdout and len(one.stdout) > len("Today ") + 1
     assert len(server.log(r"^POST /v1/models/chargen:stream 200")) == before + 1  # one request, not 10
