@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import HELDOUT, run_clis, run_together
+from helpers import HELDOUT, Background, cli_command, cli_env
 from tfchargen import contract
 from tfchargen.savedmodel import export as export_lib
 from tfchargen.generation import generator as gen_lib
@@ -57,15 +57,32 @@ SAVED_MODEL_CLI_EXPRS = ('prompt=["Today ",""];max_length=[15,4];temperature=[0.
 
 
 @pytest.fixture(scope="module")
-def fresh_runs(version_dir):
+def jobs(tiny_model, version_dir):
+    """This module's fresh processes, started together in the background at its first test
+    (the in-process tests run meanwhile): FRESH (tf.saved_model.load), saved_model_cli (the
+    session-based loader) and the CLI runs of test_cli_generate_and_evaluate_use_the_savedmodel."""
+    started = {
+        "fresh": [sys.executable, "-c", FRESH.replace("PROMPTS", json.dumps(PROMPTS)), version_dir],
+        "saved_model_cli": [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir",
+                            version_dir, "--tag_set", "serve", "--signature_def", "generate", "--input_exprs",
+                            SAVED_MODEL_CLI_EXPRS],
+        "generate": cli_command("generate", "--model", tiny_model, "--prompt", "Today ", "--prompt", "On Sunday ",
+                                "--max-length", 20, "--temperature", 0.8, "--seed", 7, "--num-samples", 2, "--json"),
+        "temperatures": cli_command("generate", "--model", tiny_model, "--temperatures", "0.3,0.8,1.0,1.3,1.8",
+                                    "--max-length", 10),
+        "evaluate": cli_command("evaluate", "--model", tiny_model, "--data", HELDOUT),
+    }
+    started = {name: Background(command, env=cli_env()) for name, command in started.items()}
+    yield started
+    for job in started.values():
+        job.kill()
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(jobs):
     """The export in two fresh processes started at once: FRESH (tf.saved_model.load) and
     saved_model_cli (the session-based loader); their CompletedProcess objects by name."""
-    fresh, cli = run_together(
-        [sys.executable, "-c", FRESH.replace("PROMPTS", json.dumps(PROMPTS)), version_dir],
-        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir", version_dir, "--tag_set",
-         "serve", "--signature_def", "generate", "--input_exprs", SAVED_MODEL_CLI_EXPRS],
-        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    return {"fresh": fresh, "saved_model_cli": cli}
+    return {name: jobs[name].wait(300) for name in ("fresh", "saved_model_cli")}
 
 
 def test_fresh_process_without_tensorflow_text_matches_in_memory(fresh_runs, gen):
@@ -192,12 +209,8 @@ def test_score_equals_the_training_loss(gen):
     assert float(got["log_prob"][0]) == pytest.approx(-want * len(text), rel=1e-5)
 
 
-def test_cli_generate_and_evaluate_use_the_savedmodel(tiny_model, tiny_run_heldout):
-    r, temps, by_model = run_clis(
-        ["generate", "--model", tiny_model, "--prompt", "Today ", "--prompt", "On Sunday ", "--max-length", 20,
-         "--temperature", 0.8, "--seed", 7, "--num-samples", 2, "--json"],
-        ["generate", "--model", tiny_model, "--temperatures", "0.3,0.8,1.0,1.3,1.8", "--max-length", 10],
-        ["evaluate", "--model", tiny_model, "--data", HELDOUT])
+def test_cli_generate_and_evaluate_use_the_savedmodel(jobs, tiny_run_heldout):
+    r, temps, by_model = (jobs[name].wait(600) for name in ("generate", "temperatures", "evaluate"))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
     assert len(rows) == 4 and all(row["text"].startswith(row["prompt"]) for row in rows)
@@ -210,13 +223,20 @@ def test_cli_generate_and_evaluate_use_the_savedmodel(tiny_model, tiny_run_heldo
 
 def test_versions_are_atomic_and_increment(tiny_model_copy, tiny_run):
     exported = tiny_model_copy
-    # The XLA variant as version 2: export() itself runs it through the session loader.
-    path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
-    assert os.path.basename(path) == "2" and locate.versions(str(exported)) == [1, 2]
-    assert not [d for d in os.listdir(exported) if d.startswith(".tmp")]
     empty = exported.parent / "empty"
     empty.mkdir()
-    r, r_empty = run_clis(["generate", "--model", exported, "--version", 7], ["generate", "--model", empty])
+    # Two refused commands (they find no version 7, no version at all), meanwhile in the background.
+    refused = [Background(cli_command("generate", "--model", exported, "--version", 7), env=cli_env()),
+               Background(cli_command("generate", "--model", empty), env=cli_env())]
+    try:
+        # The XLA variant as version 2: export() itself runs it through the session loader.
+        path = export_lib.export(str(tiny_run), str(exported), jit_compile=True, log=lambda *_: None)
+        assert os.path.basename(path) == "2" and locate.versions(str(exported)) == [1, 2]
+        assert not [d for d in os.listdir(exported) if d.startswith(".tmp")]
+        r, r_empty = (job.wait(300) for job in refused)
+    finally:
+        for job in refused:
+            job.kill()
     assert r.returncode == 2 and "no SavedModel" in r.stderr
     assert r_empty.returncode == 2 and "no model versions" in r_empty.stderr and "Traceback" not in r_empty.stderr
 
