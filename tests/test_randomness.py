@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from helpers import run_clis
+from helpers import Background, cli_command, cli_env
 from tfchargen.generation import seeds
 
 ROWS, CHARS = 8, 40
@@ -98,17 +98,25 @@ def trained_export(tiny_run):
     return version
 
 
-def _run_twice(script, version):
-    """The script in two fresh processes at once; their JSON answers."""
+@pytest.fixture(scope="module")
+def jobs(trained_export):
+    """Every fresh process of this module, started together at its first use: LOADERS twice,
+    the CLI's --num-samples command twice (each pair: two processes at once, neither can
+    see the other's state)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(version), str(ROWS), str(CHARS)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
-        outs.append(json.loads(out))
-    return outs
+    loaders = [[sys.executable, "-c", LOADERS, trained_export, ROWS, CHARS]] * 2
+    started = {f"loaders {i}": Background(c, env=env) for i, c in enumerate(loaders)}
+    started.update({f"num_samples {i}": Background(cli_command(*num_samples_args(trained_export)), env=cli_env())
+                    for i in range(2)})
+    yield started
+    for job in started.values():
+        job.kill()
+
+
+def num_samples_args(version):
+    """One --seed for --num-samples 3 and a repeated prompt."""
+    return ["generate", "--model", version.parent, "--prompt", "Today ", "--prompt", "Today ",
+            "--num-samples", 3, "--seed", 5, "--temperature", 1, "--max-length", CHARS]
 
 
 def _check(a, b):
@@ -125,9 +133,14 @@ def _check(a, b):
 
 
 @pytest.fixture(scope="module")
-def two_processes(trained_export):
+def two_processes(jobs):
     """LOADERS' answers from two fresh processes run at once."""
-    return _run_twice(LOADERS, trained_export)
+    outs = []
+    for i in range(2):
+        r = jobs[f"loaders {i}"].wait(300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs.append(json.loads(r.stdout))
+    return outs
 
 
 @pytest.mark.slow
@@ -159,12 +172,10 @@ def test_unseeded_is_fresh_per_process_c_client(trained_export, c_client):
 
 
 @pytest.mark.slow
-def test_num_samples_differ_and_reproduce(trained_export):
+def test_num_samples_differ_and_reproduce(jobs):
     """One --seed for --num-samples 3 (and a repeated prompt): every row its own draw, the
     same in a second process."""
-    args = ["generate", "--model", trained_export.parent, "--prompt", "Today ", "--prompt", "Today ",
-            "--num-samples", 3, "--seed", 5, "--temperature", 1, "--max-length", CHARS]
-    first, second = run_clis(args, args)  # two processes at once
+    first, second = (jobs[f"num_samples {i}"].wait(300) for i in range(2))  # two processes at once
     assert first.returncode == 0 and second.returncode == 0, first.stderr[-3000:]
     lines = first.stdout.splitlines()
     assert len(lines) == 6 and len(set(lines)) == 6
