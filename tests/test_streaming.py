@@ -6,7 +6,6 @@ a real export reloaded in a fresh process, through the CLI, a server and the C c
 
 import json
 import os
-import subprocess
 import sys
 
 import keras
@@ -15,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from helpers import ROOT, run_cli, run_clis, run_together
+from helpers import ROOT, Background, cli_command, cli_env, run_cli
 from tfchargen import config
 from tfchargen import contract
 from tfchargen.generation import generator as gen_lib
@@ -277,16 +276,44 @@ print(json.dumps({"generate": [c.decode() for c in one["continuation"]], "genera
 START_EXPRS = 'prompt=["Today "];max_length=[5];temperature=[0.0];top_k=[0];top_p=[1.0];seed=[0]'
 
 
+CLI_ARGS = ["generate", "--model", "{base}", "--prompt", "Today ", "--temperature", 0.9, "--seed", 21]
+CLI_RUNS = {  # the CLI runs of test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048
+    "one": [*CLI_ARGS, "--max-length", 300],
+    "streamed": [*CLI_ARGS, "--max-length", 300, "--stream", "--chunk", 64],
+    "long": [*CLI_ARGS, "--max-length", 3000, "--stream", "--chunk", 2048],
+    "two prompts": ["generate", "--model", "{base}", "--stream", "--prompt", "a", "--prompt", "b"],
+    "big chunk": ["generate", "--model", "{base}", "--stream", "--chunk", 5000],
+}
+
+
 @pytest.fixture(scope="module")
-def fresh_runs(export_base):
+def jobs(export_base, tmp_path_factory):
+    """Every fresh process on the export, started together in the background as soon as it
+    is written (the in-process tests run meanwhile): FRESH (tf.saved_model.load and
+    tfchargen.generation.streaming), saved_model_cli running `start` (the session-based
+    loader), the CLI runs and the state fuzzer's short run."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    fuzz_json = tmp_path_factory.mktemp("fuzz-state") / "fuzz_state.json"
+    started = {
+        "fresh": Background([sys.executable, "-c", FRESH, export_base / "1"], env=env),
+        "saved_model_cli": Background([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run",
+                                       "--dir", export_base / "1", "--tag_set", "serve", "--signature_def", "start",
+                                       "--input_exprs", START_EXPRS], env=env),
+        **{name: Background(cli_command(*[str(a).format(base=export_base) for a in args]), env=cli_env())
+           for name, args in CLI_RUNS.items()},
+        "fuzz_state": Background([sys.executable, ROOT / "tests" / "fuzz" / "fuzz_state.py", "--model", export_base,
+                                  "--cases", "120", "--seed", "3", "--json", fuzz_json], env=env),
+    }
+    yield started, fuzz_json
+    for job in started.values():
+        job.kill()
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(jobs):
     """The export in two fresh processes started at once: FRESH (tf.saved_model.load and
     tfchargen.generation.streaming) and saved_model_cli running `start` (the session-based loader)."""
-    fresh, cli = run_together(
-        [sys.executable, "-c", FRESH, export_base / "1"],
-        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "run", "--dir", export_base / "1",
-         "--tag_set", "serve", "--signature_def", "start", "--input_exprs", START_EXPRS],
-        timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT)))
-    return {"fresh": fresh, "saved_model_cli": cli}
+    return {name: jobs[0][name].wait(900) for name in ("fresh", "saved_model_cli")}
 
 
 @pytest.mark.slow
@@ -331,14 +358,8 @@ def test_saved_model_cli_runs_start(fresh_runs):
 
 
 @pytest.mark.slow
-def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(export_base):
-    args = ["generate", "--model", export_base, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21]
-    one, streamed, long, two_prompts, big_chunk = run_clis(
-        [*args, "--max-length", 300],
-        [*args, "--max-length", 300, "--stream", "--chunk", 64],
-        [*args, "--max-length", 3000, "--stream", "--chunk", 2048],
-        ["generate", "--model", export_base, "--stream", "--prompt", "a", "--prompt", "b"],
-        ["generate", "--model", export_base, "--stream", "--chunk", 5000])
+def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(jobs):
+    one, streamed, long, two_prompts, big_chunk = (jobs[0][name].wait(600) for name in CLI_RUNS)
     assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
     assert streamed.stdout == one.stdout and len(one.stdout) == len("Today ") + 300 + 1
     assert long.returncode == 0 and long.stdout.startswith(one.stdout[:-1]) and len(long.stdout) == 6 + 3000 + 1
@@ -381,11 +402,9 @@ def test_client_stream_retries_a_chunk_without_repeating_text(export_base, proto
 
 
 @pytest.mark.slow
-def test_state_fuzzer_short_run(export_base, tmp_path):
-    out = tmp_path / "fuzz_state.json"
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_state.py"), "--model", str(export_base),
-                        "--cases", "120", "--seed", "3", "--json", str(out)], capture_output=True, text=True,
-                       timeout=900, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+def test_state_fuzzer_short_run(jobs):
+    started, out = jobs
+    r = started["fuzz_state"].wait(900)  # tests/fuzz/fuzz_state.py, 120 cases
     summary = json.loads(out.read_text())
     assert r.returncode == 0 and summary["unexpected"] == 0, summary["failures"]
     assert summary["outcomes"].get("exact", 0) > 5 and summary["outcomes"].get("invalid_argument", 0) > 40
