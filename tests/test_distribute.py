@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, run_cli
+from helpers import ROOT, Background, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,41 +37,78 @@ print("ROW " + json.dumps(train.train(json.loads(sys.argv[2]), sys.argv[1], verb
 def _start_two_cpu_run(run_dir, cfg):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
-    return subprocess.Popen([sys.executable, "-c", TRAIN_ON_TWO_CPUS, str(run_dir), json.dumps(cfg)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return Background([sys.executable, "-c", TRAIN_ON_TWO_CPUS, run_dir, json.dumps(cfg)], env=env)
 
 
-def _finish(procs, timeout):
-    """Waits for every process; on timeout kills them all (a test never hangs)."""
-    outs = []
+def _finish(jobs, timeout):
+    """Waits for every run (Background); on a timeout kills them all and fails (a test never
+    hangs); their (stdout, stderr) in order."""
     try:
-        for p in procs:
-            outs.append(p.communicate(timeout=timeout))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail(f"distributed run did not finish within {timeout} s")
-    return outs
+        return [(r.stdout, r.stderr) for r in (job.wait(timeout) for job in jobs)]
+    finally:
+        for job in jobs:
+            job.kill()
 
 
 def _metrics(run_dir):
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _start_two_workers(tmp, data_path):
+    """Worker 0 (the chief) and worker 1 of a MultiWorkerMirroredStrategy run on loopback."""
+    run_dir, export = tmp / "run", tmp / "models" / "chargen"
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    args = [sys.executable, "-m", "tfchargen", "train", "--strategy", "multi-worker", "--run-dir", str(run_dir),
+            "--train-data", f"csv:{data_path}{DATA_ROWS}", "--eval-data", f"csv:{data_path}{EVAL_ROWS}",
+            "--units", "16", "--batch-size", "8", "--steps-per-epoch", "6", "--epochs", "2",
+            "--sample-every", "0", "--seed", "3", "--learning-rate", "0.01", "--clipnorm", "0.05",
+            "--export-base", str(export),
+            "--default-max-length", "12"]
+    temps = [tmp / f"tmp{i}" for i in range(2)]
+    procs = []
+    for i in range(2):
+        temps[i].mkdir()
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(temps[i]),
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(Background(args, env=env))
+    return {"procs": procs, "run_dir": run_dir, "export": export, "temps": temps}
+
+
 @pytest.fixture(scope="module")
-def default_and_mirrored(tmp_path_factory, data_path):
-    """The same tiny run (same seed, same global batch 8) under the default strategy and
-    under MirroredStrategy on 2 logical CPU devices (4 rows per replica), side by side."""
+def started(tmp_path_factory, data_path):
+    """This module's training runs, all started at once at its first test: the same tiny run
+    (same seed, same global batch 8) under the default strategy and under MirroredStrategy
+    on 2 logical CPU devices (4 rows per replica), side by side; and the two workers."""
     base = tmp_path_factory.mktemp("distribute")
     cfg = dict(TINY, train_data=f"csv:{data_path}{DATA_ROWS}", eval_data=f"csv:{data_path}{EVAL_ROWS}")
     runs = {"default": (base / "default", cfg),
             "mirrored": (base / "mirrored", dict(cfg, strategy="mirrored", devices="CPU:0,CPU:1"))}
     procs = [_start_two_cpu_run(d, c) for d, c in runs.values()]
-    for p, (out, err) in zip(procs, _finish(procs, timeout=420)):
-        assert p.returncode == 0, err[-3000:]
-    return {name: d for name, (d, _) in runs.items()}
+    workers = _start_two_workers(tmp_path_factory.mktemp("workers"), data_path)
+    yield {"runs": runs, "procs": procs, "workers": workers}
+    for job in procs + workers["procs"]:  # a run no test waited for
+        job.kill()
+
+
+@pytest.fixture(scope="module")
+def default_and_mirrored(started):
+    """The run dirs of the default and the mirrored run, by name."""
+    procs = started["procs"]
+    for job, (out, err) in zip(procs, _finish(procs, timeout=420)):
+        assert job.proc.returncode == 0, err[-3000:]
+    return {name: d for name, (d, _) in started["runs"].items()}
 
 
 def test_mirrored_on_two_devices_matches_one_device(default_and_mirrored):
@@ -109,38 +146,12 @@ def test_mirrored_run_resumes_on_one_device(default_and_mirrored, data_path):
     assert json.loads((run_dir / "config.json").read_text())["strategy"] == "default"
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def test_two_workers_on_loopback(tmp_path, data_path, capsys):
-    run_dir, export = tmp_path / "run", tmp_path / "models" / "chargen"
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    args = [sys.executable, "-m", "tfchargen", "train", "--strategy", "multi-worker", "--run-dir", str(run_dir),
-            "--train-data", f"csv:{data_path}{DATA_ROWS}", "--eval-data", f"csv:{data_path}{EVAL_ROWS}",
-            "--units", "16", "--batch-size", "8", "--steps-per-epoch", "6", "--epochs", "2",
-            "--sample-every", "0", "--seed", "3", "--learning-rate", "0.01", "--clipnorm", "0.05",
-            "--export-base", str(export),
-            "--default-max-length", "12"]
-    temps = [tmp_path / f"tmp{i}" for i in range(2)]
-    procs = []
-    for i in range(2):
-        temps[i].mkdir()
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(temps[i]),
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+def test_two_workers_on_loopback(started, capsys):
+    workers = started["workers"]
+    procs, run_dir, export, temps = (workers[k] for k in ("procs", "run_dir", "export", "temps"))
     outs = _finish(procs, timeout=420)
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    for job, (out, err) in zip(procs, outs):
+        assert job.proc.returncode == 0, err[-3000:]
     chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert other["chief"] is False and "export" not in other
     assert chief["strategy"] == "multi-worker" and chief["num_replicas"] == 2
@@ -153,7 +164,7 @@ def test_two_workers_on_loopback(tmp_path, data_path, capsys):
     assert (run_dir / "model.weights.h5").exists() and (run_dir / "backup" / "latest.weights.h5").exists()
     events = [f for _, _, fs in os.walk(run_dir / "logs") for f in fs]
     # TensorBoard names its files ...<host>.<pid>.<n>.v2: all of them are the chief's.
-    assert events and all(re.search(r"\.(\d+)\.\d+\.v2$", f).group(1) == str(procs[0].pid) for f in events)
+    assert events and all(re.search(r"\.(\d+)\.\d+\.v2$", f).group(1) == str(procs[0].proc.pid) for f in events)
     assert os.listdir(temps[1]) == []  # worker 1's temporary run dir was deleted
     assert os.listdir(export) == ["1"]
 
