@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 
 import pytest
 
@@ -114,3 +115,32 @@ class Background:
         if self._result is None:
             self._out.close()
             self._err.close()
+
+
+class Concurrent:
+    """Callables run in threads of their own from now on, at most ``workers`` at a time, in
+    the order given, each under a name: a test module starts the fresh-process parts of its
+    tests together (while one process starts TensorFlow on one core, another uses the
+    other) and each test takes its part's result.
+
+    ``result(name)`` waits for one and returns what it returned or raises what it raised:
+    an assertion inside fails the test that asks for it.
+
+    >>> runs = Concurrent().start("a", run_cli, "train", ...)  # doctest: +SKIP
+    >>> r = runs.result("a")  # doctest: +SKIP
+    """
+
+    def __init__(self, workers=3):
+        self._pool = futures.ThreadPoolExecutor(workers)
+        self._futures = {}
+
+    def start(self, name, fn, *args, **kwargs):
+        self._futures[name] = self._pool.submit(fn, *args, **kwargs)
+        return self
+
+    def result(self, name, timeout=1200):
+        return self._futures[name].result(timeout)
+
+    def close(self):
+        """Waits for what runs; what has not started yet never starts."""
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -13,7 +13,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from helpers import HELDOUT, ROOT, TRAIN, run_cli, run_clis
+from helpers import DATA, HELDOUT, ROOT, TRAIN, Concurrent, run_cli, run_clis
 from tfchargen import config
 from tfchargen.data import sources
 from tfchargen.data.vocab import normalize_py
@@ -27,6 +27,45 @@ def unigram_entropy(texts):
         counts["<eos>"] += 1
     n = sum(counts.values())
     return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
+# The fresh-process parts of this module's tests, started together in threads at its first
+# slow test (those on the tiny run once it is trained); each test takes its part's result.
+ERRORS = [
+    (["--train-data", "csv:/no/such.csv"], "no such file"),
+    (["--train-data", "tfds:ag_news_subset/train", "--tfds-data-dir", "/tmp/tfchargen-empty-tfds"], "csv:PATH"),
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_path):
+    tmp = tmp_path_factory.mktemp("train")
+    started = Concurrent()
+    started.start("killed", _killed_run_resumes, tmp / "resume")
+    started.start("output", _plain_output_runs, tmp / "out")
+    started.start("never trained", _never_trained_run, tmp / "typo")
+    started.start("same seed", _same_seed_runs, tmp / "same-seed")
+    for i, (extra, _) in enumerate(ERRORS):
+        started.start(f"error {i}", run_cli, "train", "--run-dir", tmp / f"error{i}-x", *extra, timeout=120)
+    started.start("help", lambda: [run_cli(*sub, "--help") for sub in ([], ["train"], ["evaluate"])])
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def runs_on_tiny_run(tiny_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train-tiny")
+    started = Concurrent()
+    started.start("other architecture", run_cli, "train", "--run-dir", tiny_run, "--train-data", TRAIN,
+                  "--units", 64, timeout=120)
+    started.start("init from", run_clis,
+                  ["train", "--preset", "tiny", "--run-dir", tmp / "fine", "--init-from", tiny_run, "--train-data",
+                   TRAIN, "--field", "description", "--learning-rate", 0, "--epochs", 1, "--steps-per-epoch", 3,
+                   "--sample-every", 0, "--no-export"],
+                  ["train", "--preset", "tiny", "--run-dir", tmp / "other", "--init-from", tiny_run, "--train-data",
+                   TRAIN, "--units", 24, "--no-export"])
+    yield started, tmp
+    started.close()
 
 
 @pytest.mark.slow
@@ -62,8 +101,11 @@ def test_evaluate_agrees_with_training_metrics(tiny_run, tiny_run_heldout):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
-    run_dir = tmp_path / "resume"
+def test_killed_run_resumes_where_it_stopped(runs):
+    runs.result("killed")
+
+
+def _killed_run_resumes(run_dir):
     args = [sys.executable, "-m", "tfchargen", "train", "--run-dir", str(run_dir), "--train-data", TRAIN,
             "--units", "16", "--batch-size", "16", "--steps-per-epoch", "300", "--epochs", "3",
             "--sample-every", "0", "--seed", "5", "--no-export"]  # what is checked is the run dir
@@ -101,55 +143,51 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, data_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_training(tmp_path, data_path):
-    names = ("a", "b")  # two processes at once: neither can see the other's state
-    runs = run_clis(*[["train", "--run-dir", tmp_path / name, "--train-data", f"csv:{data_path}[:500]", "--units", 16,
-                       "--batch-size", 16, "--steps-per-epoch", 20, "--sample-every", 0, "--seed", 11, "--no-export"]
-                      for name in names])
-    for r in runs:
+def test_same_seed_same_training(runs):
+    tmp, names, results = runs.result("same seed")
+    for r in results:
         assert r.returncode == 0, r.stderr[-2000:]
-    losses = [json.loads((tmp_path / name / "metrics.json").read_text())[0]["train_loss"] for name in names]
+    losses = [json.loads((tmp / name / "metrics.json").read_text())[0]["train_loss"] for name in names]
     assert losses[0] == losses[1]
 
 
+def _same_seed_runs(tmp):
+    names = ("a", "b")  # two processes at once: neither can see the other's state
+    return tmp, names, run_clis(*[["train", "--run-dir", tmp / name, "--train-data", f"csv:{DATA}[:500]", "--units",
+                                   16, "--batch-size", 16, "--steps-per-epoch", 20, "--sample-every", 0, "--seed", 11,
+                                   "--no-export"] for name in names])
+
+
 @pytest.mark.slow
-def test_cli_help_for_every_subcommand():
-    for sub in ([], ["train"], ["evaluate"]):
-        r = run_cli(*sub, "--help")
+def test_cli_help_for_every_subcommand(runs):
+    for r in runs.result("help"):  # tfchargen, tfchargen train, tfchargen evaluate
         assert r.returncode == 0 and "usage: tfchargen" in r.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra,match", [
-    (["--train-data", "csv:/no/such.csv"], "no such file"),
-    (["--train-data", "tfds:ag_news_subset/train", "--tfds-data-dir", "/tmp/tfchargen-empty-tfds"], "csv:PATH"),
-])
-def test_cli_errors_are_one_line_exit_2(tmp_path, extra, match):
-    r = run_cli("train", "--run-dir", tmp_path / "x", *extra, timeout=120)
+@pytest.mark.parametrize("i", range(len(ERRORS)), ids=[match for _, match in ERRORS])
+def test_cli_errors_are_one_line_exit_2(runs, i):
+    r, (_, match) = runs.result(f"error {i}"), ERRORS[i]
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and match in r.stderr
     assert len([line for line in r.stderr.splitlines() if line.startswith("tfchargen")]) == 1
 
 
 @pytest.mark.slow
-def test_run_dir_with_other_architecture_is_refused(tiny_run):
-    r = run_cli("train", "--run-dir", tiny_run, "--train-data", TRAIN, "--units", 64, timeout=120)
+def test_run_dir_with_other_architecture_is_refused(runs_on_tiny_run):
+    r = runs_on_tiny_run[0].result("other architecture")
     assert r.returncode == 2 and "different" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
-def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, tmp_path):
+def test_init_from_starts_from_the_runs_weights_and_vocabulary(tiny_run, runs_on_tiny_run):
     """Fine-tuning: --init-from copies the run's vocabulary and starts from its weights (a zero
     learning rate leaves them exactly as they were); another model shape is refused."""
     from tfchargen.training import rundir
 
-    fine = tmp_path / "fine"
-    r, refused = run_clis(
-        ["train", "--preset", "tiny", "--run-dir", fine, "--init-from", tiny_run, "--train-data", TRAIN,
-         "--field", "description", "--learning-rate", 0, "--epochs", 1, "--steps-per-epoch", 3, "--sample-every", 0,
-         "--no-export"],
-        ["train", "--preset", "tiny", "--run-dir", tmp_path / "other", "--init-from", tiny_run, "--train-data", TRAIN,
-         "--units", 24, "--no-export"])
+    started, tmp = runs_on_tiny_run
+    fine = tmp / "fine"
+    r, refused = started.result("init from")  # fine (lr 0, description field) and other (24 units)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (fine / "vocab.txt").read_bytes() == (tiny_run / "vocab.txt").read_bytes()
     _, _, before = rundir.load_trained(str(tiny_run))
@@ -175,32 +213,31 @@ def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
 
 
 @pytest.mark.slow
-def test_a_run_dir_that_never_trained_takes_a_corrected_command(tmp_path, data_path):
+def test_a_run_dir_that_never_trained_takes_a_corrected_command(runs):
     """A train that fails before its first epoch (here a typo'd --train-data) leaves a
     config.json, which must not block the corrected command; a trained run stays protected."""
-    run_dir = tmp_path / "typo"
-    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{data_path}.typo", timeout=120)
+    runs.result("never trained")
+
+
+def _never_trained_run(run_dir):
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{DATA}.typo", timeout=120)
     assert r.returncode == 2 and "no such file" in r.stderr, r.stderr[-2000:]
     assert (run_dir / "config.json").exists()
     small = ["--units", 16, "--batch-size", 16, "--steps-per-epoch", 5, "--sample-every", 0, "--no-export"]
     r = run_cli("train", "--run-dir", run_dir, "--train-data", TRAIN, *small)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((run_dir / "config.json").read_text())["train_data"] == TRAIN
-    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{data_path}[:400]", *small, timeout=120)
+    r = run_cli("train", "--run-dir", run_dir, "--train-data", f"csv:{DATA}[:400]", *small, timeout=120)
     assert r.returncode == 2 and "different train_data" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.slow
-def test_training_output_is_plain_separate_lines_off_a_terminal(tmp_path, data_path):
+def test_training_output_is_plain_separate_lines_off_a_terminal(runs):
     """Captured (not a terminal): no carriage returns or colour codes; the bar, the epoch
     summary and each sample on lines of their own; samples every N epochs and after the last;
     a resumed run says where it resumes."""
-    run_dir = tmp_path / "out"
-    args = ["train", "--run-dir", run_dir, "--train-data", TRAIN, "--eval-data", HELDOUT, "--units", 16,
-            "--batch-size", 16, "--steps-per-epoch", 5, "--sample-every", 2, "--seed", 2, "--no-export"]
-    first = run_cli(*args, "--epochs", 1)
+    first, resumed = runs.result("output")
     assert first.returncode == 0, first.stderr[-2000:]
-    resumed = run_cli(*args, "--epochs", 3)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     for r in (first, resumed):
         assert "\r" not in r.stdout and "\x1b" not in r.stdout and "\b" not in r.stdout
@@ -216,3 +253,13 @@ def test_training_output_is_plain_separate_lines_off_a_terminal(tmp_path, data_p
     lines = resumed.stdout.splitlines()
     assert "resuming after epoch 1" in lines and "Epoch 1/3" not in lines
     assert lines.index("resuming after epoch 1") < lines.index("Epoch 2/3")
+
+
+def _plain_output_runs(run_dir):
+    """Trains 1 epoch, then resumes to 3 (samples every 2 epochs): (first, resumed)."""
+    args = ["train", "--run-dir", run_dir, "--train-data", TRAIN, "--eval-data", HELDOUT, "--units", 16,
+            "--batch-size", 16, "--steps-per-epoch", 5, "--sample-every", 2, "--seed", 2, "--no-export"]
+    first = run_cli(*args, "--epochs", 1)
+    if first.returncode != 0:
+        return first, None
+    return first, run_cli(*args, "--epochs", 3)
