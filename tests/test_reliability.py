@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from helpers import DATA, ROOT, run_cli
+from helpers import DATA, ROOT, Concurrent, run_cli
 from tfchargen.cli import app as cli
 from tfchargen.data import sources
 from tfchargen.savedmodel.locate import versions
@@ -70,8 +70,43 @@ def tmp_dirs(base):
     return [d for d in os.listdir(base) if d.startswith(".tmp-")]
 
 
+# The fresh-process parts of this module's slow tests run together in threads from its first
+# slow test on (those on the tiny run from its first test on the tiny run); each test takes
+# its part's result, and asserts what it can only check in this process.
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory, data_path):
+    started = Concurrent()
+    started.start("training killed", _training_killed_and_resumed, tmp_path_factory.mktemp("training-killed"))
+    started.start("not a savedmodel", _model_that_is_not_a_savedmodel, tmp_path_factory.mktemp("not-a-model"))
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def scenarios_on_tiny_run(tiny_run, tiny_model, tmp_path_factory):
+    started = Concurrent()
+    tmp = tmp_path_factory.mktemp
+    started.start("export killed", _exports_killed_at_random_moments, tiny_run, tiny_model, tmp("export-killed"))
+    started.start("reads only its own files", _savedmodel_under_strace, tiny_run, tiny_model, tmp("strace"))
+    started.start("malformed csv", _train_on_a_malformed_csv, tmp("malformed"))
+    started.start("edited vocab", _export_of_a_run_whose_vocab_was_edited, tiny_run, tmp("edited"))
+    started.start("literal paths", _evaluate_with_a_path_full_of_shell_syntax, tiny_run, tmp("literal"))
+    yield started
+    started.close()
+
+
 @pytest.mark.slow
-def test_export_killed_at_random_moments_never_leaves_a_broken_version(tiny_run, tiny_model, tmp_path):
+def test_export_killed_at_random_moments_never_leaves_a_broken_version(scenarios_on_tiny_run):
+    base, top = scenarios_on_tiny_run.result("export killed")
+    # The newest version loads and runs (each export also ran its version in the session-based
+    # loader before renaming it); the CLI picks it, skipping the stale directories.
+    loaded, path = cli.load_savedmodel(str(base))
+    assert path == str(base / str(top + 2))
+    import tensorflow as tf
+    assert int(loaded.signatures["score"](text=tf.constant(["Today"]))["num_chars"][0]) == 5
+
+
+def _exports_killed_at_random_moments(tiny_run, tiny_model, tmp_path):
     # Shell metacharacters in the path: it must be used literally, never run through a shell.
     base = tmp_path / "models; rm -rf SENTINEL $(touch PWNED) `touch PWNED`" / "chargen"
     sentinel = tmp_path / "SENTINEL"
@@ -127,18 +162,16 @@ def test_export_killed_at_random_moments_never_leaves_a_broken_version(tiny_run,
     for v in versions(str(base)):
         assert tree(base / str(v)) == whole
     assert sentinel.exists() and not list(tmp_path.rglob("PWNED"))
-
-    # The newest version loads and runs (each export also ran its version in the session-based
-    # loader before renaming it); the CLI picks it, skipping the stale directories.
-    loaded, path = cli.load_savedmodel(str(base))
-    assert path == str(base / str(top + 2))
-    import tensorflow as tf
-    assert int(loaded.signatures["score"](text=tf.constant(["Today"]))["num_chars"][0]) == 5
+    return base, top
 
 
 # -- interrupted training ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_training_killed_at_a_random_moment_keeps_whole_files_and_resumes(tmp_path, data_path):
+def test_training_killed_at_a_random_moment_keeps_whole_files_and_resumes(scenarios):
+    scenarios.result("training killed")
+
+
+def _training_killed_and_resumed(tmp_path):
     import h5py
 
     run_dir = tmp_path / "run"
@@ -235,10 +268,14 @@ def test_empty_data_is_a_clear_error(tmp_path, data_path, spec):
 
 
 # -- CLI errors: one line, exit code 2 --------------------------------------------------------
-@pytest.mark.slow
-def test_cli_malformed_csv_in_train_and_skip_in_evaluate(tmp_path, tiny_run, capsys):
+def _train_on_a_malformed_csv(tmp_path):
     path = csv_file(tmp_path, BAD["non-numeric label"][0])
-    r = run_cli("train", "--run-dir", tmp_path / "run", "--train-data", f"csv:{path}", "--no-export")
+    return path, run_cli("train", "--run-dir", tmp_path / "run", "--train-data", f"csv:{path}", "--no-export")
+
+
+@pytest.mark.slow
+def test_cli_malformed_csv_in_train_and_skip_in_evaluate(scenarios_on_tiny_run, tiny_run, capsys):
+    path, r = scenarios_on_tiny_run.result("malformed csv")
     line = one_error_line(r, f"{path} line 4: the label")
     assert "--bad-rows skip" in line
     assert cli.main(["evaluate", "--run-dir", str(tiny_run), "--data", f"csv:{path}", "--bad-rows", "skip"]) == 0
@@ -259,15 +296,23 @@ def drop_a_vocab_line(run):
 
 
 @pytest.mark.slow
-def test_cli_export_of_a_run_whose_vocab_was_edited(tiny_run, tmp_path):
+def test_cli_export_of_a_run_whose_vocab_was_edited(scenarios_on_tiny_run):
+    r, m = scenarios_on_tiny_run.result("edited vocab")
+    one_error_line(r, "its saved weights do not fit its vocab.txt and config.json")
+    assert not m.exists() or versions(str(m)) == []
+
+
+def _export_of_a_run_whose_vocab_was_edited(tiny_run, tmp_path):
     run = edited_run(tiny_run, tmp_path, drop_a_vocab_line)
-    one_error_line(run_cli("export", "--run-dir", run, "--export-base", tmp_path / "m"),
-                   "its saved weights do not fit its vocab.txt and config.json")
-    assert not (tmp_path / "m").exists() or versions(str(tmp_path / "m")) == []
+    return run_cli("export", "--run-dir", run, "--export-base", tmp_path / "m"), tmp_path / "m"
 
 
 @pytest.mark.slow
-def test_cli_model_that_is_not_a_savedmodel(tmp_path):
+def test_cli_model_that_is_not_a_savedmodel(scenarios):
+    scenarios.result("not a savedmodel")
+
+
+def _model_that_is_not_a_savedmodel(tmp_path):
     bad = tmp_path / "notamodel"
     bad.mkdir()
     (bad / "saved_model.pb").write_bytes(b"garbage\x00")
@@ -344,9 +389,13 @@ def test_cli_unreadable_file(tmp_path, capsys, tiny_run):
 
 # -- security ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_savedmodel_reads_only_its_own_files(tiny_run, tiny_model, tmp_path):
+def test_savedmodel_reads_only_its_own_files(scenarios_on_tiny_run):
     """Loads a copy of the export under strace: every file it opens outside the Python/TF
     installation and the system is inside the copy (never the run dir or its vocab.txt)."""
+    scenarios_on_tiny_run.result("reads only its own files")
+
+
+def _savedmodel_under_strace(tiny_run, tiny_model, tmp_path):
     strace = shutil.which("strace")
     if not strace:
         pytest.skip("strace is not installed")
@@ -394,9 +443,14 @@ def test_asset_paths_are_relative_to_the_export(tiny_model, tiny_run):
 
 
 @pytest.mark.slow
-def test_command_line_paths_are_literal(tiny_run, tmp_path):
-    """A data path full of shell syntax is a file name like any other (run from tmp_path, so
-    that a shell, if one ever ran it, would create pwned* and delete keep/ right there)."""
+def test_command_line_paths_are_literal(scenarios_on_tiny_run):
+    """A data path full of shell syntax is a file name like any other (run from its own
+    directory, so that a shell, if one ever ran it, would create pwned* and delete keep/
+    right there)."""
+    scenarios_on_tiny_run.result("literal paths")
+
+
+def _evaluate_with_a_path_full_of_shell_syntax(tiny_run, tmp_path):
     (tmp_path / "keep").mkdir()
     weird = tmp_path / "$(touch pwned); rm -rf keep `touch pwned2` |x& ;'\" *.txt"
     weird.write_text("Today stocks rise\nOil falls\n", encoding="utf-8")
