@@ -179,11 +179,11 @@ def version_dir(tiny_model):
 
 @pytest.fixture(scope="session")
 def tiny_loaded(version_dir):
-    """tf.saved_model.load of tiny_model's version, once per session: tests call its
-    signatures (read only)."""
-    import tensorflow as tf
+    """tf.saved_model.load of tiny_model's version, once per process: the one the fuzz and
+    soak tests' fuzz_signatures.Model holds. Tests call its signatures (read only)."""
+    import fuzz_signatures as fz  # tests/fuzz, on pytest's pythonpath
 
-    return tf.saved_model.load(str(version_dir))
+    return fz.Model.cached(str(version_dir)).loaded
 
 
 @pytest.fixture()

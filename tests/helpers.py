@@ -6,11 +6,13 @@ Tests import these by name (``from helpers import HELDOUT, run_clis``): tests/ i
 pytest's pythonpath (pyproject.toml).
 """
 
+import collections
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent import futures
 
@@ -49,8 +51,8 @@ def cli_command(*args):
 
 def run_cli(*args, timeout=600, env=None):
     """Runs `python -m tfchargen ARGS` in a fresh process; returns CompletedProcess."""
-    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, env=cli_env(env),
-                          cwd=ROOT)
+    (r,) = run_clis(args, timeout=timeout, env=env)
+    return r
 
 
 def run_together(*commands, timeout=600, env=None, cwd=ROOT):
@@ -74,28 +76,93 @@ def run_clis(*arg_lists, timeout=600, env=None):
     return run_together(*[cli_command(*args) for args in arg_lists], timeout=timeout, env=cli_env(env))
 
 
+def _process_limit():
+    """How many commands Background runs at a time: TFCHARGEN_TEST_PROCESSES, else 3 per core
+    (starting TensorFlow is mostly single-threaded) within the memory available (a command
+    that loads TensorFlow takes up to ~1 GB), at least 2 and at most 8."""
+    if os.environ.get("TFCHARGEN_TEST_PROCESSES"):
+        return max(2, int(os.environ["TFCHARGEN_TEST_PROCESSES"]))
+    try:
+        with open("/proc/meminfo") as f:
+            available_gb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        available_gb = 8
+    return max(2, min(8, 3 * (os.cpu_count() or 2), int(available_gb) - 2))
+
+
 class Background:
-    """A command started now in a process of its own, its output going to temporary files
-    (never a pipe that could fill up while nobody reads it); ``wait()`` gives its
-    CompletedProcess (text output). Started early, it runs beside whatever comes first.
+    """A command started in a process of its own, its output going to temporary files (never
+    a pipe that could fill up while nobody reads it); ``wait()`` gives its CompletedProcess
+    (text output). Started early, it runs beside whatever comes first.
+
+    At most PROCESS_LIMIT commands run at a time (memory): the others start, in order, as
+    running ones end.
 
     >>> job = Background(cli_command("export", "--run-dir", run, "--export-base", base))  # doctest: +SKIP
     >>> r = job.wait(timeout=600)  # doctest: +SKIP
     """
 
+    _lock = threading.Lock()
+    _running = 0
+    _queue = collections.deque()
+
     def __init__(self, command, env=None, cwd=ROOT):
         self.args = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in command]
+        self._env, self._cwd = env, cwd
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True, env=env, cwd=cwd)
-        self._result = None
+        self.proc, self._result, self._cancelled = None, None, False
+        self._started = threading.Event()
+        with Background._lock:
+            start = Background._running < PROCESS_LIMIT
+            if start:
+                Background._running += 1
+            else:
+                Background._queue.append(self)
+        if start:
+            self._start()
+
+    def _start(self):
+        try:
+            self.proc = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, text=True, env=self._env,
+                                         cwd=self._cwd)
+        except BaseException:
+            self._ended()
+            raise
+        finally:
+            self._started.set()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self):
+        self.proc.wait()
+        self._ended()
+
+    def _ended(self):
+        """Frees this command's place: the next queued one starts."""
+        with Background._lock:
+            Background._running -= 1
+            nxt = None
+            while Background._queue and nxt is None:
+                nxt = Background._queue.popleft()
+                if nxt._cancelled:
+                    nxt = None
+            if nxt is not None:
+                Background._running += 1
+        if nxt is not None:
+            try:
+                nxt._start()
+            except OSError:
+                pass  # nxt.wait() reports it
 
     def wait(self, timeout=600):
-        """Waits for the command (``timeout`` seconds from now); kills it and fails the test
-        on a timeout (a test never hangs)."""
+        """Waits for the command (``timeout`` seconds from now, its time in the queue
+        included); kills it and fails the test on a timeout (a test never hangs)."""
         if self._result is None:
+            deadline = time.monotonic() + timeout
+            if not self._started.wait(timeout) or self.proc is None:
+                self.kill()
+                pytest.fail(f"command did not start within {timeout} s: {self.args}")
             try:
-                self.proc.wait(timeout=timeout)
+                self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.kill()
                 pytest.fail(f"command did not finish within {timeout} s: {self.args}")
@@ -108,13 +175,23 @@ class Background:
         return self._result
 
     def kill(self):
-        """Ends the command if it is still running (a job nobody waited for)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        """Ends the command if it is still running, or drops it from the queue (a job
+        nobody waited for)."""
+        with Background._lock:
+            if not self._started.is_set():
+                self._cancelled = True
+                if self in Background._queue:
+                    Background._queue.remove(self)
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
         if self._result is None:
             self._out.close()
             self._err.close()
+
+
+PROCESS_LIMIT = _process_limit()
 
 
 class Concurrent:

@@ -2,7 +2,6 @@
 loads, complete help; quiet start-up and lazy imports in fresh processes (slow)."""
 
 import os
-import subprocess
 import sys
 
 import pytest
@@ -14,7 +13,7 @@ from tfchargen import contract
 from tfchargen.config import DEFAULTS
 from tfchargen.contract import SERVING_DEFAULTS
 
-from helpers import HELDOUT, ROOT, run_together
+from helpers import HELDOUT, ROOT, Concurrent, run_together
 
 
 def errors(capsys, *argv):
@@ -134,18 +133,51 @@ def tfchargen_clis(*arg_lists, timeout=300):
 
 
 def python(code, timeout=300):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=user_env(), cwd=ROOT)
+    (r,) = run_together([sys.executable, "-c", code], timeout=timeout, env=user_env(), cwd=ROOT)
+    return r
+
+
+NO_TENSORFLOW = ("import sys\n"
+                 "from tfchargen import cli\n"
+                 "codes = [cli.main(['--help']), cli.main(['generate', '--help']), cli.main(['train', '--epochs', '0']),\n"
+                 "         cli.main(['generate', '--server', 'http://127.0.0.1:1', '--timeout', '1'])]\n"
+                 "print(codes, 'tensorflow' in sys.modules, 'numpy' in sys.modules)")
+HEAVY = ["tensorflow_datasets", "tfchargen.training.train", "tfchargen.savedmodel.export", "tfchargen.model.charrnn",
+         "tfchargen.data.sources", "tfchargen.data.pipeline", "tfchargen.training.evaluate"]
+
+
+def no_training_code(tiny_model):
+    return ("import sys\n"
+            "from tfchargen import cli\n"
+            f"code = cli.main(['generate', '--model', {str(tiny_model)!r}, '--max-length', '5'])\n"
+            f"print(code, 'tensorflow' in sys.modules, [m for m in {HEAVY!r} if m in sys.modules])")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_run, tiny_model):
+    """The fresh processes of this module's slow tests, started together in threads (each
+    test's own commands at once, as before) at its first slow test; each test takes its own."""
+    started = Concurrent(workers=4)
+    started.start("quiet and first", tfchargen_clis,
+                  ["--help"],
+                  ["generate", "--model", tiny_model, "--max-length", 5000],
+                  ["evaluate", "--model", tiny_model, "--data", "csv:/no/such.csv"],
+                  ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5],
+                  ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5, "--verbose"])
+    started.start("no tensorflow", python, NO_TENSORFLOW)
+    started.start("no training code", python, no_training_code(tiny_model))
+    started.start("hints", tfchargen_clis,
+                  ["generate", "--model", tiny_run],
+                  ["evaluate", "--model", tiny_run, "--data", HELDOUT],
+                  ["evaluate", "--run-dir", tiny_model, "--data", HELDOUT],
+                  ["generate", "--model", tiny_model, "--version", 9])
+    yield started
+    started.close()
 
 
 @pytest.mark.slow
-def test_help_and_errors_are_quiet_and_first(tiny_model):
-    helped, refused, missing, quiet, verbose = tfchargen_clis(
-        ["--help"],
-        ["generate", "--model", tiny_model, "--max-length", 5000],
-        ["evaluate", "--model", tiny_model, "--data", "csv:/no/such.csv"],
-        ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5],
-        ["generate", "--model", tiny_model, "--prompt", "Today ", "--max-length", 5, "--verbose"])
+def test_help_and_errors_are_quiet_and_first(runs):
+    helped, refused, missing, quiet, verbose = runs.result("quiet and first")
     r = helped
     assert r.returncode == 0 and r.stdout.startswith("usage: tfchargen") and r.stderr == "", r.stderr
     # Refused before the model loads.
@@ -164,36 +196,23 @@ def test_help_and_errors_are_quiet_and_first(tiny_model):
 
 
 @pytest.mark.slow
-def test_help_errors_and_rest_generate_do_not_import_tensorflow():
-    r = python("import sys\n"
-               "from tfchargen import cli\n"
-               "codes = [cli.main(['--help']), cli.main(['generate', '--help']), cli.main(['train', '--epochs', '0']),\n"
-               "         cli.main(['generate', '--server', 'http://127.0.0.1:1', '--timeout', '1'])]\n"
-               "print(codes, 'tensorflow' in sys.modules, 'numpy' in sys.modules)")
+def test_help_errors_and_rest_generate_do_not_import_tensorflow(runs):
+    r = runs.result("no tensorflow")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[-1] == "[0, 0, 2, 2] False True", r.stdout[-2000:]
     assert "tfchargen generate: error: " in r.stderr  # the refused connection, in one line
 
 
 @pytest.mark.slow
-def test_generate_with_a_model_loads_no_training_code(tiny_model):
-    heavy = ["tensorflow_datasets", "tfchargen.training.train", "tfchargen.savedmodel.export", "tfchargen.model.charrnn", "tfchargen.data.sources",
-             "tfchargen.data.pipeline", "tfchargen.training.evaluate"]
-    r = python("import sys\n"
-               "from tfchargen import cli\n"
-               f"code = cli.main(['generate', '--model', {str(tiny_model)!r}, '--max-length', '5'])\n"
-               f"print(code, 'tensorflow' in sys.modules, [m for m in {heavy!r} if m in sys.modules])")
+def test_generate_with_a_model_loads_no_training_code(runs):
+    r = runs.result("no training code")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[-1] == "0 True []", r.stdout[-2000:]
 
 
 @pytest.mark.slow
-def test_hints_for_a_run_dir_an_export_and_a_missing_version(tiny_run, tiny_model):
-    run_as_model, run_as_model_evaluate, model_as_run, missing_version = tfchargen_clis(
-        ["generate", "--model", tiny_run],
-        ["evaluate", "--model", tiny_run, "--data", HELDOUT],
-        ["evaluate", "--run-dir", tiny_model, "--data", HELDOUT],
-        ["generate", "--model", tiny_model, "--version", 9])
+def test_hints_for_a_run_dir_an_export_and_a_missing_version(runs, tiny_run, tiny_model):
+    run_as_model, run_as_model_evaluate, model_as_run, missing_version = runs.result("hints")
     r = run_as_model
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
     assert f"{tiny_run} is a run dir" in r.stderr and "tfchargen export --run-dir" in r.stderr

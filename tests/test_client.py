@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from faults import INJECTED, FaultProxy
-from helpers import run_cli
+from helpers import run_clis
 from tfchargen.serving import client as client_lib
 from tfchargen.serving.client import GrpcClient, RestClient, ServingError
 from tfchargen.serving.server import Server
@@ -157,14 +157,18 @@ def test_model_status(server):
 @pytest.mark.slow
 def test_cli_generate_against_a_server(server, loaded):
     want = local_generate(loaded, ["Today ", "On Sunday "], max_length=20)
-    for address in (["--server", server.rest_url], ["--server", server.grpc_target, "--protocol", "grpc"]):
-        r = run_cli("generate", *address, "--model-name", "chargen", "--prompt", "Today ", "--prompt", "On Sunday ",
-                    "--max-length", 20, "--temperature", 0, "--json", "--timeout", 60)
+    addresses = (["--server", server.rest_url], ["--server", server.grpc_target, "--protocol", "grpc"])
+    *answered, top_p, both = run_clis(  # all at once
+        *[["generate", *address, "--model-name", "chargen", "--prompt", "Today ", "--prompt", "On Sunday ",
+           "--max-length", 20, "--temperature", 0, "--json", "--timeout", 60] for address in addresses],
+        ["generate", "--server", server.rest_url, "--top-p", 2],
+        ["generate", "--server", server.rest_url, "--model", "x"])
+    for r in answered:
         assert r.returncode == 0, r.stderr[-2000:]
         rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
         assert [row["text"] for row in rows] == [t.decode() for t in want["text"]]
         assert [row["num_chars"] for row in rows] == list(want["num_chars"])
-    r = run_cli("generate", "--server", server.rest_url, "--top-p", 2)
+    r = top_p
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("generate", "--server", server.rest_url, "--model", "x")
+    r = both
     assert r.returncode == 2 and "not allowed with argument" in r.stderr

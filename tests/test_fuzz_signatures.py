@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
-from helpers import ROOT
+from helpers import ROOT, Background
 from tfchargen.generation.seeds import row_seed
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,19 @@ pytestmark = pytest.mark.slow
 DEFAULT_MAX_LENGTH = 12  # tiny_model's --default-max-length
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def standalone_fuzzer(tiny_model, tmp_path_factory):
+    """tests/fuzz/fuzz_signatures.py's short run in a fresh process, started in the background
+    at the module's first test (the in-process properties run meanwhile): (job, its JSON)."""
+    out = tmp_path_factory.mktemp("fuzz") / "fuzz.json"
+    job = Background([sys.executable, ROOT / "tests" / "fuzz" / "fuzz_signatures.py", "--model", tiny_model,
+                      "--cases", os.environ.get("TFCHARGEN_FUZZ_CASES", "150"), "--seed", "7",
+                      "--default-max-length", DEFAULT_MAX_LENGTH, "--time-slack", "3", "--json", out],
+                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    yield job, out
+    job.kill()
 
 
 @pytest.fixture(scope="module")
@@ -162,17 +175,14 @@ def test_extreme_valid_controls(model):
     assert call_checked(model, "generate", [b"Today "] * n, ctrl) == "ok"
 
 
-def test_the_standalone_fuzzer_in_ci(tiny_model, tmp_path):
+def test_the_standalone_fuzzer_in_ci(standalone_fuzzer):
     """A short seeded run of tests/fuzz/fuzz_signatures.py in a fresh process (the full run is
     10,000 cases: benchmarks/results/fuzz_signatures.json). It starts with the known hard
     cases, among them max_length 2**31-1, which used to abort the whole process
     (std::bad_alloc from a TensorArray allocated before the control checks ran). Time bounds
     get 3x slack on shared CI cores."""
-    out = tmp_path / "fuzz.json"
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_signatures.py"), "--model",
-                        str(tiny_model), "--cases", os.environ.get("TFCHARGEN_FUZZ_CASES", "150"), "--seed", "7",
-                        "--default-max-length", str(DEFAULT_MAX_LENGTH), "--time-slack", "3", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    job, out = standalone_fuzzer
+    r = job.wait(600)
     summary = json.loads(out.read_text()) if out.exists() else {}
     assert r.returncode == 0, (summary.get("failures"), r.stderr[-3000:])
     assert summary["unexpected"] == 0 and summary["outcomes"]["ok"] > summary["cases"] // 2

@@ -334,13 +334,30 @@ def test_fresh_process_streams_equal_generate_and_pass_2048_characters(fresh_run
     assert all(lp < g for lp, g in zip(long_a[1], gen_lp))  # 5000 characters cost more than 2048
 
 
+@pytest.fixture(scope="module")
+def export_loaded(export_base):
+    """tf.saved_model.load of the export in this process (tests only call its signatures)."""
+    return tf.saved_model.load(str(export_base / "1"))
+
+
+@pytest.fixture(scope="module")
+def stream_server(export_base):
+    """`tfchargen serve` in this process on the export, behind a fault-injecting proxy."""
+    from faults import FaultProxy
+
+    from tfchargen.serving.server import Server
+
+    with Server(str(export_base), "chargen", port=0, grpc_port=0) as server, \
+            FaultProxy(server.rest_url, server.grpc_target) as proxy:
+        yield server, proxy
+
+
 @pytest.mark.slow
-def test_in_process_states_continue_on_the_export_and_foreign_ones_are_refused(export_base, tmp_path):
+def test_in_process_states_continue_on_the_export_and_foreign_ones_are_refused(export_loaded, tmp_path):
     tmp_path.joinpath("same").mkdir()
     same = gen_lib.Generator(*reversed(random_model(tmp_path / "same", eos_bias=-30.0)))
     other = gen_lib.Generator(*reversed(random_model(tmp_path / "other", seed=5, eos_bias=-30.0)))
-    loaded = tf.saved_model.load(str(export_base / "1"))
-    cont = loaded.signatures["continue"]
+    cont = export_loaded.signatures["continue"]
     kw = controls(2, max_length=20, temperature=[0.0, 1.0], seed=[0, 4])
     state = same.start(tf.constant(["Today ", "fox"]), **kw)[contract.STATE]
     exported = cont(state_bytes=state, **kw)
@@ -371,33 +388,30 @@ def test_cli_stream_prints_the_same_text_as_one_call_and_passes_2048(jobs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
-def test_client_stream_retries_a_chunk_without_repeating_text(export_base, protocol):
-    from faults import FaultProxy
-
+def test_client_stream_retries_a_chunk_without_repeating_text(stream_server, export_loaded, protocol):
     from tfchargen.serving.client import GrpcClient, RestClient
-    from tfchargen.serving.server import Server
 
-    with Server(str(export_base), "chargen", port=0, grpc_port=0) as server, \
-            FaultProxy(server.rest_url, server.grpc_target) as proxy:
-        client = (RestClient(proxy.rest_url, backoff=0.01, sse=False) if protocol == "rest"  # start/continue
-                  else GrpcClient(proxy.grpc_target, backoff=0.01))
-        with client:
-            kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
-            clean = list(client.stream("Today ", **kw))
-            it = client.stream("Today ", **kw)
-            faulty = [next(it), next(it)]
-            proxy.fail_next = 2  # the next chunk's first two attempts fail: UNAVAILABLE
-            calls = proxy.calls
-            faulty += list(it)
-            assert proxy.calls - calls == len(clean) - 2 + 2
-        if protocol == "rest":  # :stream: one request, retried until it answers
-            proxy.fail_next, calls = 2, proxy.calls
-            assert list(RestClient(proxy.rest_url, backoff=0.01).stream("Today ", **kw)) == clean
-            assert proxy.calls - calls == 3
+    _, proxy = stream_server  # the module's server, behind its proxy
+    proxy.reset()
+    client = (RestClient(proxy.rest_url, backoff=0.01, sse=False) if protocol == "rest"  # start/continue
+              else GrpcClient(proxy.grpc_target, backoff=0.01))
+    with client:
+        kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
+        clean = list(client.stream("Today ", **kw))
+        it = client.stream("Today ", **kw)
+        faulty = [next(it), next(it)]
+        proxy.fail_next = 2  # the next chunk's first two attempts fail: UNAVAILABLE
+        calls = proxy.calls
+        faulty += list(it)
+        assert proxy.calls - calls == len(clean) - 2 + 2
+    if protocol == "rest":  # :stream: one request, retried until it answers
+        proxy.fail_next, calls = 2, proxy.calls
+        assert list(RestClient(proxy.rest_url, backoff=0.01).stream("Today ", **kw)) == clean
+        assert proxy.calls - calls == 3
     assert faulty == clean and len(clean) == 8
     assert len("".join(clean)) == 6 + 120
-    loaded = tf.saved_model.load(str(export_base / "1"))
-    one = loaded.signatures["generate"](prompt=tf.constant(["Today "]), **controls(1, 120, temperature=1.0, seed=9))
+    one = export_loaded.signatures["generate"](prompt=tf.constant(["Today "]),
+                                               **controls(1, 120, temperature=1.0, seed=9))
     assert "".join(clean) == one["text"].numpy()[0].decode()
 
 
