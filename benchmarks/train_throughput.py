@@ -191,13 +191,13 @@ def run_teaching(train_list, heldout_list, args):
 
 
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
-    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
+    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/training/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
-    rnn.model.compile(  # as tfchargen/train.py compiles it (losses.py, optimizers.py)
+    rnn.model.compile(  # as tfchargen/training/train.py compiles it (losses.py, optimizers.py)
         optimizer=Adam(lr, clipnorm=1.0),
         loss=TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
-        steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/train.py sets it
+        steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/training/train.py sets it
             {"steps_per_execution": args.steps_per_execution}, 10**9, "default"),
     )
     batches = pipeline.training_dataset(train_text, vocab, mode=mode, batch_size=batch_size,
