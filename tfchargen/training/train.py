@@ -25,7 +25,7 @@ from tfchargen.training import rundir
 from tfchargen.data import sources
 from tfchargen.model import charrnn as model_lib
 from tfchargen.training.callbacks import AtomicEpochCheckpoint, Progress, RunCallback, WorkerBackupAndRestore, progress_verbosity
-from tfchargen.config import DEFAULTS, MODEL_KEYS
+from tfchargen.config import DEFAULTS, MODEL_KEYS, use_fused
 from tfchargen.training.losses import CharCount, TokenMeanCrossentropy
 from tfchargen.training.optimizers import make_optimizer
 from tfchargen.data.vocab import Vocabulary
@@ -171,9 +171,9 @@ def _steps_per_epoch(cfg, train_text, vocab) -> int:
 def _compiled_model(cfg, setup: distribute.Setup, vocab, steps, init_weights):
     """The CharRNN, compiled under the strategy (its variables mirrored on every replica)."""
     with setup.strategy.scope():
-        fused = model_lib.use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
-                                    cfg["units"], cfg["weight_drop"],
-                                    one_hot=cfg["embedding_dim"] <= 0 and not cfg["dropout"])
+        fused = use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
+                          cfg["units"], cfg["weight_drop"],
+                          one_hot=cfg["embedding_dim"] <= 0 and not cfg["dropout"])
         if cfg["weight_drop"] and cfg["cell"] == "lstm" and (
                 not fused or cfg["recurrent_dropout"] or tf.config.list_logical_devices("GPU")):
             raise ValueError(model_lib.WEIGHT_DROP_NEEDS_FUSED)
