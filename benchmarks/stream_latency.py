@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tfchargen.generation import streaming  # noqa: E402
+from tfchargen.savedmodel.call import local_predict  # noqa: E402
 
 FIRST = 16  # "first characters" of the latency goal
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    predict = streaming.local_predict(tf.saved_model.load(args.model))
+    predict = local_predict(tf.saved_model.load(args.model))
     results = []
     for batch in map(int, args.batches.split(",")):
         prompts = [b"Today "] * batch

@@ -236,8 +236,9 @@ import json, sys
 import numpy as np
 import tensorflow as tf
 from tfchargen.generation import streaming
+from tfchargen.savedmodel.call import local_predict
 m = tf.saved_model.load(sys.argv[1])
-predict = streaming.local_predict(m)
+predict = local_predict(m)
 prompts = [b"Today ", b"", b"fox"]
 kw = dict(temperature=[0.0, 1.0, 0.7], top_k=[0, 0, 4], top_p=[1.0, 0.9, 1.0], seed=[0, 11, -3])
 def joined(max_length, chunk):

@@ -386,14 +386,10 @@ def cmd_generate(args) -> int:
             print(f"tfchargen generate: error: {line}", file=sys.stderr)
             return 2
     else:
-        from tfchargen.contract import GENERATE_INPUTS
+        from tfchargen.savedmodel.call import call
 
-        loaded, path = load_savedmodel(args.model, args.version)
-        tf = sys.modules["tensorflow"]
-        out = loaded.signatures["generate"](prompt=tf.constant([r[0] for r in rows]),
-                                            **{k: tf.constant(v, tf.as_dtype(GENERATE_INPUTS[k]))
-                                               for k, v in controls.items()})
-        out = {k: v.numpy() for k, v in out.items()}
+        loaded, _ = load_savedmodel(args.model, args.version)
+        out = call(loaded, "generate", {"prompt": [r[0] for r in rows], **controls})
     for i, (p, t, j) in enumerate(rows):
         text = out["text"][i].decode("utf-8")
         if args.json:

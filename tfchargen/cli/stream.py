@@ -8,7 +8,7 @@ import sys
 from tfchargen import contract
 from tfchargen.common.errors import failed_check
 from tfchargen.generation.seeds import row_seed
-from tfchargen.generation.streaming import chunks, local_predict
+from tfchargen.generation.streaming import chunks
 from tfchargen.savedmodel.locate import load_savedmodel
 
 
@@ -44,6 +44,8 @@ def cli_stream(args) -> int:
             print(f"\ntfchargen generate: error: {line}", file=sys.stderr)
             return 2
     else:
+        from tfchargen.savedmodel.call import local_predict
+
         loaded, _ = load_savedmodel(args.model, args.version)
         _print(out["text"][0].decode("utf-8") for out in chunks(
             local_predict(loaded), [prompt], args.max_length, args.chunk, args.temperature, args.top_k,

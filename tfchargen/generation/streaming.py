@@ -1,15 +1,14 @@
 """Streaming text through stateless servers: ``start``, then ``continue`` until done.
 
     chunks(predict, prompts, max_length=5000, chunk=32, ...)   one dict of [B] outputs per chunk
-    local_predict(loaded)                                       a predict() over a loaded SavedModel
 
 ``predict(signature, inputs)`` is any function that runs one signature on [B] inputs and
-returns numpy outputs: a local SavedModel's (:func:`local_predict`) or a TF Serving client's
-``predict`` (client.py's ``stream`` uses this where the server has no ``:stream``;
-``tfchargen serve``'s ``:stream`` runs it over its own signatures). The server keeps nothing
-between chunks: each row's ``state_bytes`` comes back with its chunk and goes out with the
-next request, so a retried request (after UNAVAILABLE) returns the same chunk again and never repeats text.
-Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
+returns numpy outputs: a local SavedModel's (tfchargen.savedmodel.call.local_predict) or a
+TF Serving client's ``predict`` (client.py's ``stream`` uses this where the server has no
+``:stream``; ``tfchargen serve``'s ``:stream`` runs it over its own signatures). The server
+keeps nothing between chunks: each row's ``state_bytes`` comes back with its chunk and goes
+out with the next request, so a retried request (after UNAVAILABLE) returns the same chunk
+again and never repeats text. Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
 """
 
 from __future__ import annotations
@@ -64,15 +63,3 @@ def chunks(predict, prompts, max_length=None, chunk=DEFAULT_CHUNK, temperature=N
         out = predict("continue", {contract.STATE: out[contract.STATE], "max_length": size, **c})
         yield out
 
-
-def local_predict(loaded):
-    """predict(signature, inputs) over a SavedModel loaded with tf.saved_model.load."""
-    import tensorflow as tf
-
-    def predict(signature, inputs):
-        types = contract.SIGNATURES[signature][0]
-        args = {k: tf.constant(np.asarray(v, dtype=object if types[k] == "string" else tf.as_dtype(types[k])
-                                          .as_numpy_dtype), tf.as_dtype(types[k])) for k, v in inputs.items()}
-        return {k: v.numpy() for k, v in loaded.signatures[signature](**args).items()}
-
-    return predict
