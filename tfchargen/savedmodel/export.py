@@ -33,6 +33,7 @@ from tfchargen.common import files
 from tfchargen.savedmodel import locate
 from tfchargen.training import rundir
 from tfchargen.generation import generator as gen_lib
+from tfchargen.generation.generator import ControlTensors
 from tfchargen.savedmodel import warmup as warmup_lib
 
 SERVING_DEFAULTS = contract.SERVING_DEFAULTS
@@ -64,14 +65,14 @@ def signature_functions(g: gen_lib.Generator, defaults: dict):
 
     @tf.function(input_signature=input_signature("generate"), autograph=False)
     def generate(prompt, max_length, temperature, top_k, top_p, seed):
-        return g.generate(prompt, max_length, temperature, top_k, top_p, seed)
+        return g.generate(prompt, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     @tf.function(input_signature=input_signature("serving_default"), autograph=False)
     def serving_default(prompt):
         fill = lambda v, dt: tf.fill(tf.shape(prompt), tf.constant(v, dt))  # noqa: E731
-        return g.generate(prompt, fill(defaults["max_length"], tf.int32),
-                          fill(defaults["temperature"], tf.float32), fill(defaults["top_k"], tf.int32),
-                          fill(defaults["top_p"], tf.float32), fill(defaults["seed"], tf.int64))
+        return g.generate(prompt, ControlTensors(
+            fill(defaults["max_length"], tf.int32), fill(defaults["temperature"], tf.float32),
+            fill(defaults["top_k"], tf.int32), fill(defaults["top_p"], tf.float32), fill(defaults["seed"], tf.int64)))
 
     @tf.function(input_signature=input_signature("score"), autograph=False)
     def score(text):
@@ -79,11 +80,11 @@ def signature_functions(g: gen_lib.Generator, defaults: dict):
 
     @tf.function(input_signature=input_signature("start"), autograph=False)
     def start(prompt, max_length, temperature, top_k, top_p, seed):
-        return g.start(prompt, max_length, temperature, top_k, top_p, seed)
+        return g.start(prompt, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     @tf.function(input_signature=input_signature("continue"), autograph=False)
     def continue_(state_bytes, max_length, temperature, top_k, top_p, seed):
-        return g.continue_(state_bytes, max_length, temperature, top_k, top_p, seed)
+        return g.continue_(state_bytes, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     return {"serving_default": serving_default, "generate": generate, "score": score, "start": start,
             "continue": continue_}
