@@ -240,6 +240,7 @@ FRESH = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
+from tfchargen.contract import Controls
 from tfchargen.generation import streaming
 from tfchargen.savedmodel.call import local_predict
 m = tf.saved_model.load(sys.argv[1])
@@ -247,7 +248,7 @@ predict = local_predict(m)
 prompts = [b"Today ", b"", b"fox"]
 kw = dict(temperature=[0.0, 1.0, 0.7], top_k=[0, 0, 4], top_p=[1.0, 0.9, 1.0], seed=[0, 11, -3])
 def joined(max_length, chunk):
-    outs = list(streaming.chunks(predict, prompts, max_length, chunk, **kw))
+    outs = list(streaming.chunks(predict, prompts, Controls(max_length=max_length, **kw), chunk))
     return [b"".join(o["continuation"][i] for o in outs).decode() for i in range(3)], \
            sum(o["log_prob"] for o in outs).tolist(), len(outs)
 one = predict("generate", {"prompt": prompts, "max_length": [2048] * 3, **kw})
@@ -345,7 +346,7 @@ def test_client_stream_retries_a_chunk_without_repeating_text(export_base, proto
         client = (RestClient(proxy.rest_url, backoff=0.01, sse=False) if protocol == "rest"  # start/continue
                   else GrpcClient(proxy.grpc_target, backoff=0.01))
         with client:
-            kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
+            kw = dict(controls=contract.Controls(max_length=120, temperature=1.0, seed=9), chunk=16)
             clean = list(client.stream("Today ", **kw))
             it = client.stream("Today ", **kw)
             faulty = [next(it), next(it)]

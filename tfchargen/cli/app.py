@@ -18,11 +18,10 @@ import sys
 
 from tfchargen import __version__
 from tfchargen import config
-from tfchargen import contract
 from tfchargen.common import quiet
-from tfchargen.common.errors import failed_check, one_line
+from tfchargen.common.errors import one_line, with_failed_check
 from tfchargen.savedmodel.locate import check_run_dir, load_savedmodel, resolve_model
-from tfchargen.contract import MAX_NEW_CHARS, SERVING_DEFAULTS, control_error
+from tfchargen.contract import CONTROLS, DEFAULT_CHUNK, MAX_NEW_CHARS, SERVING_DEFAULTS, Controls
 
 FIELDS = ["title", "description", "title+description", "title|description"]
 DEFAULT_PROMPT = "Today "
@@ -84,27 +83,25 @@ def _d(key):
     return f"(default {D[key]})"
 
 
-# Flags that map to a signature control, for messages in the contract's words.
-CONTROL_FLAGS = {"max_length": "--max-length", "temperature": "--temperature", "top_k": "--top-k",
-                 "top_p": "--top-p"}
+# The flag that sets each control, for messages in the contract's words.
+CONTROL_FLAGS = {name: f"--{name.replace('_', '-')}" for name in CONTROLS}
+SERVING_DEFAULT_FLAGS = {name: f"--default-{name.replace('_', '-')}" for name in CONTROLS}
 
 
-def control_problem(flags: dict, values: dict) -> str | None:
-    """The first control outside the signature's contract, as ``argument FLAG: MESSAGE``.
+def control_problem(flags: dict, controls: Controls, stream: bool = False) -> str | None:
+    """The first control outside the signature's contract (Controls.problem), as
+    ``argument FLAG: MESSAGE``.
 
     Args:
       flags: control name -> the flag that set it.
-      values: control name -> a scalar or a list of scalars (None = not given).
+      controls: the values (a scalar or a list of scalars each; None = not given).
+      stream: the controls of a stream (its max_length may pass one call's limit).
 
-    >>> control_problem({"max_length": "--max-length"}, {"max_length": 5000})
+    >>> control_problem(CONTROL_FLAGS, Controls(max_length=5000))
     'argument --max-length: max_length must be <= 2048'
     """
-    for name, value in values.items():
-        for v in value if isinstance(value, list) else [value]:
-            msg = control_error(**{name: v})
-            if msg:
-                return f"argument {flags[name]}: {msg}"
-    return None
+    found = controls.problem(stream)
+    return f"argument {flags[found[0]]}: {found[1]}" if found else None
 
 
 def _verbose_flag(p, default):
@@ -140,12 +137,9 @@ def _export_flags(p):
     g.add_argument("--xla", action="store_true", help="compile the numeric generation loop with XLA")
 
 
-EXPORT_DEFAULT_FLAGS = {k: f"--default-{k.replace('_', '-')}" for k in CONTROL_FLAGS}
-
-
-def _export_kwargs(args):
-    return dict(jit_compile=args.xla, max_length=args.default_max_length, temperature=args.default_temperature,
-                top_k=args.default_top_k, top_p=args.default_top_p, seed=args.default_seed)
+def serving_defaults(args) -> Controls:
+    """The ``--default-*`` flags of train and export: serving_default's controls."""
+    return Controls(**{name: getattr(args, f"default_{name}") for name in CONTROLS})
 
 
 def _presets_epilog():
@@ -267,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="one JSON object per sample")
     gen.add_argument("--stream", action="store_true", help="print one prompt's text chunk by chunk as it "
                      "arrives (the start and continue signatures; --max-length may exceed 2048)")
-    gen.add_argument("--chunk", type=int, default=32, help="new characters per chunk with --stream (default 32)")
+    gen.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                     help="new characters per chunk with --stream (default %(default)s)")
 
     from tfchargen.serving import server  # its flags; TensorFlow loads only when `serve` runs
     server.add_arguments(command("serve", help="serve an export base over TF Serving's REST and gRPC APIs"))
@@ -318,12 +313,11 @@ def check_values(args) -> str | None:
     """The first flag value outside the SavedModel's contract, checked before anything loads."""
     if args.command == "generate":
         flags = dict(CONTROL_FLAGS, temperature="--temperatures" if args.temperatures else "--temperature")
-        # --stream: only each chunk is bound by MAX_NEW_CHARS, not --max-length.
-        length = min(args.max_length, MAX_NEW_CHARS) if args.stream else args.max_length
-        return control_problem(flags, dict(max_length=length, temperature=args.temperatures or
-                                           args.temperature, top_k=args.top_k, top_p=args.top_p))
+        controls = Controls(max_length=args.max_length, temperature=args.temperatures or args.temperature,
+                            top_k=args.top_k, top_p=args.top_p)
+        return control_problem(flags, controls, stream=args.stream)
     if args.command in ("train", "export"):
-        return control_problem(EXPORT_DEFAULT_FLAGS, {k: getattr(args, f"default_{k}") for k in CONTROL_FLAGS})
+        return control_problem(SERVING_DEFAULT_FLAGS, serving_defaults(args))
     return None
 
 
@@ -343,7 +337,8 @@ def cmd_train(args) -> int:
         from tfchargen.savedmodel import export as export_lib
         base = args.export_base or os.path.join(args.run_dir, "export")
         with run_dir_errors(args.run_dir):
-            row["export"] = export_lib.export(args.run_dir, base, **_export_kwargs(args))
+            row["export"] = export_lib.export(args.run_dir, base, jit_compile=args.xla,
+                                              defaults=serving_defaults(args))
     print(json.dumps({"run_dir": args.run_dir, **row}))
     return 0
 
@@ -354,7 +349,7 @@ def cmd_export(args) -> int:
     from tfchargen.savedmodel import export as export_lib
 
     with run_dir_errors(args.run_dir):
-        export_lib.export(args.run_dir, args.export_base, **_export_kwargs(args))
+        export_lib.export(args.run_dir, args.export_base, jit_compile=args.xla, defaults=serving_defaults(args))
     return 0
 
 
@@ -367,9 +362,9 @@ def cmd_generate(args) -> int:
     n = args.num_samples
     rows = [(p, t, j) for t in temps for p in prompts for j in range(n)]
     from tfchargen.generation.seeds import row_seed
-    controls = dict(max_length=[args.max_length] * len(rows), temperature=[r[1] for r in rows],
-                    top_k=[args.top_k] * len(rows), top_p=[args.top_p] * len(rows),
-                    seed=[row_seed(args.seed, i % (len(prompts) * n)) for i in range(len(rows))])  # seeds.py
+    controls = Controls(max_length=args.max_length, temperature=[r[1] for r in rows], top_k=args.top_k,
+                        top_p=args.top_p,
+                        seed=[row_seed(args.seed, i % (len(prompts) * n)) for i in range(len(rows))])  # seeds.py
     if args.server:
         from tfchargen.serving.client import ServingError, connect
 
@@ -378,18 +373,15 @@ def cmd_generate(args) -> int:
                 client = connect(args.server, args.model_name, args.protocol, version=args.version,
                                  timeout=args.timeout)
             with client:
-                out = client.generate([r[0] for r in rows], **controls)
+                out = client.generate([r[0] for r in rows], controls)
         except ServingError as e:
-            msg = str(e)  # one line: its first, plus a failed graph check's own message
-            check = failed_check(msg)
-            line = msg.splitlines()[0].strip() + (f" {check}" if check else "")
-            print(f"tfchargen generate: error: {line}", file=sys.stderr)
+            print(f"tfchargen generate: error: {with_failed_check(str(e))}", file=sys.stderr)
             return 2
     else:
         from tfchargen.savedmodel.call import call
 
         loaded, _ = load_savedmodel(args.model, args.version)
-        out = call(loaded, "generate", {"prompt": [r[0] for r in rows], **controls})
+        out = call(loaded, "generate", {"prompt": [r[0] for r in rows], **controls.rows(len(rows))})
     for i, (p, t, j) in enumerate(rows):
         text = out["text"][i].decode("utf-8")
         if args.json:
