@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from tfchargen import contract
+from tfchargen.cli.flags import DEFAULT_PROMPT
 from tfchargen.common.errors import with_failed_check
 from tfchargen.contract import Controls
 from tfchargen.generation.seeds import row_seed
@@ -17,7 +18,7 @@ def cli_stream(args) -> int:
     """`tfchargen generate --stream`: prints one prompt's text chunk by chunk as it arrives,
     from a local SavedModel (--model) or a TF Serving server (--server). The controls have
     passed the CLI's check_values (as a stream's)."""
-    prompts = args.prompt or ["Today "]
+    prompts = args.prompt or [DEFAULT_PROMPT]
     if len(prompts) > 1 or args.num_samples > 1 or args.temperatures or args.json:
         print("tfchargen generate: error: --stream prints one text: give one --prompt, without "
               "--num-samples, --temperatures or --json", file=sys.stderr)
