@@ -155,7 +155,7 @@ def controls(batch: int, length: int, seeded: bool = False) -> dict:
 def generator_factory(rnn, vocab, jit_compile, length, seeded=False):
     def make(batch):
         g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
-        fn = export_lib.signature_functions(g, export_lib.SERVING_DEFAULTS)["generate"]
+        fn = export_lib.signature_functions(g)["generate"]
         inputs = controls(batch, length, seeded)
         return (lambda: int(tf.reduce_sum(fn(**inputs)["num_chars"]))), {}
     return make

@@ -47,6 +47,7 @@ import tensorflow as tf
 
 import common  # next to this script
 from common import DEFAULT_DATA, REPO
+from tfchargen.contract import Controls
 from tfchargen.savedmodel import export as export_lib
 from tfchargen.serving.batching import DEFAULT_TIMEOUT_MS
 from tfchargen.serving.client import RestClient, ServingError
@@ -139,7 +140,7 @@ def client_caller(make_client):
     def call(prompts, max_length, temperature, seed):
         if not hasattr(local, "client"):
             local.client = make_client()
-        out = local.client.generate(prompts, max_length=max_length, temperature=temperature, seed=seed)
+        out = local.client.generate(prompts, Controls(max_length=max_length, temperature=temperature, seed=seed))
         return int(np.sum(out["num_chars"]))
     return call
 

@@ -29,7 +29,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from tfchargen.contract import Controls  # noqa: E402
 from tfchargen.generation import streaming  # noqa: E402
+from tfchargen.savedmodel.call import local_predict  # noqa: E402
 
 FIRST = 16  # "first characters" of the latency goal
 
@@ -50,7 +52,7 @@ def streamed(predict, prompts, length, chunk, seeded):
     t0 = time.perf_counter()
     first_chunk = first_16 = None
     got = np.zeros(len(prompts), np.int64)
-    for out in streaming.chunks(predict, prompts, length, chunk, **controls(len(prompts), seeded)):
+    for out in streaming.chunks(predict, prompts, Controls(max_length=length, **controls(len(prompts), seeded)), chunk):
         now = time.perf_counter() - t0
         got += out["num_chars"]
         first_chunk = now if first_chunk is None else first_chunk
@@ -88,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    predict = streaming.local_predict(tf.saved_model.load(args.model))
+    predict = local_predict(tf.saved_model.load(args.model))
     results = []
     for batch in map(int, args.batches.split(",")):
         prompts = [b"Today "] * batch

@@ -47,6 +47,7 @@ import numpy as np
 
 import common  # noqa: E402  (common and teaching_baseline sit next to this script)
 import teaching_baseline  # noqa: E402
+from tfchargen import config  # noqa: E402
 from tfchargen.training import evaluate  # noqa: E402
 from tfchargen.data import pipeline
 from tfchargen.data import sources
@@ -191,7 +192,11 @@ def run_teaching(train_list, heldout_list, args):
 
 
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
+<<<<<<< HEAD
     fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/training/train.py decides
+=======
+    fused = config.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
+>>>>>>> controls
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
     rnn.model.compile(  # as tfchargen/training/train.py compiles it (losses.py, optimizers.py)
         optimizer=Adam(lr, clipnorm=1.0),
@@ -245,7 +250,7 @@ def main(argv=None):
     p.add_argument("--tuned-lr", type=float, default=3e-3)
     p.add_argument("--window", type=int, default=128, help="max example length / window (tfchargen)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
-    p.add_argument("--fused-lstm", choices=model_lib.FUSED_CHOICES, default="auto",
+    p.add_argument("--fused-lstm", choices=config.FUSED_CHOICES, default="auto",
                    help="tfchargen's LSTM training kernel, as `tfchargen train --fused-lstm` (default: %(default)s)")
     p.add_argument("--steps-per-execution", type=int, default=8,
                    help="tfchargen's Keras steps_per_execution, as `tfchargen train` (default: %(default)s)")

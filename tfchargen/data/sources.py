@@ -33,10 +33,8 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
+from tfchargen.config import BAD_ROWS, FIELDS
 from tfchargen.config import DEFAULT_TRAIN  # noqa: F401  (re-exported: the data spec a bare `train` reads)
-
-FIELDS = ("title", "description", "title+description", "title|description")
-BAD_ROWS = ("error", "skip")
 
 
 class DataError(ValueError):

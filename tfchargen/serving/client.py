@@ -4,11 +4,13 @@
     GrpcClient("localhost:8500", "chargen")           PredictionService.Predict
 
 Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
-lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
-``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
-chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s ``:stream`` first,
-one request for the whole stream), ``status()``. Outputs are numpy arrays
-like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
+lists or numpy arrays batched on dimension 0), ``generate(prompts, controls)`` and
+``score(texts)`` (the SavedModel's signatures), ``stream(prompt, controls, chunk=...)`` (an
+iterator of text chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s
+``:stream`` first, one request for the whole stream), ``status()``. ``controls`` is a
+``tfchargen.contract.Controls`` (the sampling controls; unset ones take the serving
+defaults). Outputs are numpy arrays like a local SavedModel's ``.numpy()`` results: string
+tensors as ``bytes`` objects.
 
 Failures raise :class:`ServingError` with the server's own error text (e.g. the
 InvalidArgument a graph raises for ``top_p=2``). Connection failures and UNAVAILABLE
@@ -36,15 +38,18 @@ import urllib.parse
 
 import numpy as np
 
-from tfchargen.contract import SERVING_DEFAULTS as GENERATE_DEFAULTS
+from tfchargen import contract
+from tfchargen.contract import DEFAULT_CHUNK, Controls
 
-# dtypes of the exported signatures' inputs and outputs (README, "Signature contract").
-_DTYPES = {"prompt": object, "text": object, "max_length": np.int32, "temperature": np.float32,
-           "top_k": np.int32, "top_p": np.float32, "seed": np.int64, "continuation": object,
-           "num_chars": np.int32, "ended_with_eos": bool, "log_prob": np.float32,
-           "nats_per_char": np.float32, "state_bytes": object}
-GENERATE_OUTPUTS = ("text", "continuation", "num_chars", "ended_with_eos", "log_prob")
-SCORE_OUTPUTS = ("nats_per_char", "log_prob", "num_chars")
+
+def _numpy_dtype(name: str):
+    """A contract dtype name as numpy's: strings are ``bytes`` objects."""
+    return object if name == "string" else np.dtype(name)
+
+
+# numpy dtypes of the exported signatures' inputs and outputs, by name (contract.SIGNATURES).
+_DTYPES = {name: _numpy_dtype(dtype) for specs in contract.SIGNATURES.values() for spec in specs
+           for name, dtype in spec.items()}
 
 
 def message_json(message) -> dict:
@@ -90,37 +95,35 @@ class _Client:
     def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def generate(self, prompts, max_length=None, temperature=None, top_k=None, top_p=None, seed=None):
+    def generate(self, prompts, controls: Controls = Controls()):
         """The ``generate`` signature. Each control is a scalar (used for every prompt) or a
-        list with one value per prompt; None takes GENERATE_DEFAULTS."""
+        list with one value per prompt (the server refuses another number of values); None
+        takes the serving default."""
         prompts = [_as_bytes(p) for p in prompts]
         n = len(prompts)
-        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        inputs = {"prompt": prompts}
-        for name, value in controls.items():
-            value = GENERATE_DEFAULTS[name] if value is None else value
-            inputs[name] = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+        inputs = {"prompt": prompts, **controls.rows(n, strict=False)}
         if n == 0:  # TF Serving refuses an empty "instances" list; the answer is known anyway
-            return {k: np.zeros([0], _DTYPES[k]) for k in GENERATE_OUTPUTS}
+            return {k: np.zeros([0], _DTYPES[k]) for k in contract.GENERATE_OUTPUTS}
         return self.predict(inputs, "generate")
 
     def score(self, texts):
         """The ``score`` signature: nats_per_char, log_prob, num_chars per text."""
         texts = [_as_bytes(t) for t in texts]
         if not texts:
-            return {k: np.zeros([0], _DTYPES[k]) for k in SCORE_OUTPUTS}
+            return {k: np.zeros([0], _DTYPES[k]) for k in contract.SCORE_OUTPUTS}
         return self.predict({"text": texts}, "score")
 
-    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+    def stream(self, prompt, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
         """Iterates over one prompt's text, chunk by chunk (str): the first chunk starts with
         the prompt, ``"".join(...)`` is the whole text. Runs ``start`` and then ``continue``
-        (tfchargen/streaming.py); ``max_length`` may exceed one call's 2048. Every request has
-        this client's timeout and retries: a retried chunk is the same chunk, never repeated text.
+        (tfchargen/generation/streaming.py); ``controls.max_length`` may exceed one call's
+        2048. Every request has this client's timeout and retries: a retried chunk is the same
+        chunk, never repeated text.
         """
         from tfchargen.generation.streaming import chunks
 
         for out in chunks(lambda signature, inputs: self.predict(inputs, signature), [_as_bytes(prompt)],
-                          max_length, chunk, temperature, top_k, top_p, seed):
+                          controls, chunk):
             yield out["text"][0].decode("utf-8")
 
     def close(self):
@@ -331,7 +334,7 @@ class RestClient(_Client):
         """GET /v1/models/NAME[/versions/N]: the GetModelStatusResponse as JSON."""
         return self._request("GET", self._model_url())
 
-    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+    def stream(self, prompt, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
         """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
         request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
         nor does a model without ``start``/``continue`` (404) or an older server (501); those
@@ -339,12 +342,10 @@ class RestClient(_Client):
         ``:stream`` is retried like any request until its first event arrives; a connection
         lost after that is a ServingError (the text so far has been yielded)."""
         if not self.sse:
-            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            yield from super().stream(prompt, controls, chunk)
             return
-        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         inputs = {"prompt": [_json_value(_as_bytes(prompt), self.always_b64)]}
-        inputs.update({k: [_json_value(GENERATE_DEFAULTS[k] if v is None else v, False)]
-                       for k, v in controls.items()})
+        inputs.update({k: [_json_value(v, False)] for k, v in controls.resolved().items()})
         body = {"signature_name": "generate", "inputs": inputs, "chunk": chunk}
         url = self._model_url() + ":stream"
         try:
@@ -352,7 +353,7 @@ class RestClient(_Client):
         except ServingError as e:
             if e.code not in ("HTTP 404", "HTTP 501") or "Servable not found" in str(e):
                 raise
-            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            yield from super().stream(prompt, controls, chunk)
             return
         with resp:
             for event, data in _sse(resp, url):
