@@ -27,7 +27,6 @@ in ``_bytes``; both are decoded. Only the standard library is used for HTTP
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import random
@@ -40,6 +39,9 @@ import numpy as np
 
 from tfchargen import contract
 from tfchargen.contract import DEFAULT_CHUNK, Controls
+# Private names here: helpers of this module's code, not part of the clients' API.
+from tfchargen.serving.json_tensor import as_bytes as _as_bytes, from_json as _from_json, json_value as _json_value
+from tfchargen.serving.json_tensor import message_json
 
 
 def _numpy_dtype(name: str):
@@ -52,18 +54,6 @@ _DTYPES = {name: _numpy_dtype(dtype) for specs in contract.SIGNATURES.values() f
            for name, dtype in spec.items()}
 
 
-def message_json(message) -> dict:
-    """A proto as TF Serving's REST API writes it (field names as in the .proto)."""
-    from google.protobuf import json_format
-
-    try:  # protobuf >= 5.26 renamed including_default_value_fields
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
-    except TypeError:
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         including_default_value_fields=True)
-
-
 class ServingError(RuntimeError):
     """A request the server refused or could not answer. ``code`` is the gRPC status name
     (``INVALID_ARGUMENT``, ``UNAVAILABLE`` ...) or ``HTTP <status>``; ``retryable`` says
@@ -73,14 +63,6 @@ class ServingError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.retryable = retryable
-
-
-def _as_bytes(value) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, np.bytes_):
-        return bytes(value)
-    return str(value).encode("utf-8")
 
 
 def _backoff(attempt: int, base: float, cap: float = 2.0) -> float:
@@ -137,37 +119,6 @@ class _Client:
 
 
 # --------------------------------------------------------------------------------------- REST
-
-
-def _json_value(value, always_b64: bool):
-    if isinstance(value, (bytes, np.bytes_, str, np.str_)):
-        raw = _as_bytes(value)
-        if not always_b64:
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        return {"b64": base64.b64encode(raw).decode("ascii")}
-    if isinstance(value, (np.floating, float)):
-        return float(value)
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_value(v, always_b64) for v in value]
-    raise TypeError(f"cannot send {type(value).__name__} to TF Serving")
-
-
-def _from_json(value):
-    """A JSON output value -> Python: {"b64": ...} and strings -> bytes, lists recursively."""
-    if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
 
 
 def _column(name: str, values: list) -> np.ndarray:
