@@ -43,7 +43,8 @@ def controls(batch, seeded):
 
 def one_shot(predict, prompts, length, seeded):
     t0 = time.perf_counter()
-    out = predict("generate", {"prompt": prompts, "max_length": [length] * len(prompts), **controls(len(prompts), seeded)})
+    n = len(prompts)
+    out = predict("generate", {"prompt": prompts, "max_length": [length] * n, **controls(n, seeded)})
     total = time.perf_counter() - t0
     return {"total_s": total, "chars": int(out["num_chars"].sum())}
 
@@ -95,9 +96,10 @@ def main(argv=None) -> int:
     for batch in map(int, args.batches.split(",")):
         prompts = [b"Today "] * batch
         for seeded in (True, False):
-            fns = {"one_shot": lambda: one_shot(predict, prompts, args.length, seeded)}
+            fns = {"one_shot": lambda prompts=prompts, seeded=seeded: one_shot(predict, prompts, args.length, seeded)}
             for chunk in map(int, args.chunks.split(",")):
-                fns[chunk] = lambda chunk=chunk: streamed(predict, prompts, args.length, chunk, seeded)
+                fns[chunk] = lambda chunk=chunk, prompts=prompts, seeded=seeded: streamed(
+                    predict, prompts, args.length, chunk, seeded)
             med = medians(fns, args.repeats)
             base = med.pop("one_shot")
             row = {"batch": batch, "seeded": seeded, "one_shot": base, "streams": {}}

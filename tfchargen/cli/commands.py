@@ -137,10 +137,9 @@ def cmd_evaluate(args) -> int:
     else:
         check_run_dir(args.run_dir, "evaluate")
     quiet.import_tensorflow()
-    from tfchargen.training import evaluate
-    from tfchargen.data import pipeline
-    from tfchargen.data import sources
+    from tfchargen.data import pipeline, sources
     from tfchargen.data.vocab import Vocabulary
+    from tfchargen.training import evaluate
 
     if args.model:
         loaded, path = load_savedmodel(path)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from tfchargen import __version__
-from tfchargen import config
+from tfchargen import __version__, config
 from tfchargen.contract import DEFAULT_CHUNK, MAX_NEW_CHARS, SERVING_DEFAULTS
 
 DEFAULT_PROMPT = "Today "

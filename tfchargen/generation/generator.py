@@ -25,10 +25,10 @@ import tensorflow as tf
 
 from tfchargen import contract
 from tfchargen.contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
-from tfchargen.model.charrnn import CharRNN
-from tfchargen.generation.state import StateCodec
-from tfchargen.generation.sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
 from tfchargen.data.vocab import Vocabulary, normalize
+from tfchargen.generation.sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
+from tfchargen.generation.state import StateCodec
+from tfchargen.model.charrnn import CharRNN
 
 
 class ControlTensors(NamedTuple):

@@ -31,11 +31,11 @@ from tensorflow.python.framework import config as tf_config  # no public disable
 from tfchargen import contract
 from tfchargen.common import files
 from tfchargen.contract import Controls
-from tfchargen.savedmodel import locate
-from tfchargen.training import rundir
 from tfchargen.generation import generator as gen_lib
 from tfchargen.generation.generator import ControlTensors
+from tfchargen.savedmodel import locate
 from tfchargen.savedmodel import warmup as warmup_lib
+from tfchargen.training import rundir
 
 VERSION_DIR_PREFIX = files.TMP_PREFIX
 

@@ -39,8 +39,11 @@ import numpy as np
 
 from tfchargen import contract
 from tfchargen.contract import DEFAULT_CHUNK, Controls
+
 # Private names here: helpers of this module's code, not part of the clients' API.
-from tfchargen.serving.json_tensor import as_bytes as _as_bytes, from_json as _from_json, json_value as _json_value
+from tfchargen.serving.json_tensor import as_bytes as _as_bytes
+from tfchargen.serving.json_tensor import from_json as _from_json
+from tfchargen.serving.json_tensor import json_value as _json_value
 from tfchargen.serving.json_tensor import message_json
 
 

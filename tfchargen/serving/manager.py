@@ -65,7 +65,8 @@ class ModelManager:
             if self.policy == "latest" and not (set(wanted) & set(self._servables)):
                 continue  # nothing newer loaded: keep serving what we have
             self._unload(version)
-        self._failed &= set(locate.complete_versions(self.base)) | ({next(iter(wanted))} if self.single and wanted else set())
+        still_there = set(locate.complete_versions(self.base))
+        self._failed &= still_there | ({next(iter(wanted))} if self.single and wanted else set())
 
     def _load(self, version: int, path: str) -> None:
         with self._lock:

@@ -14,11 +14,9 @@ import keras
 import tensorflow as tf
 
 from tfchargen.common import files
-from tfchargen.training import distribute
-from tfchargen.training import evaluate
-from tfchargen.training import rundir
 from tfchargen.contract import Controls
 from tfchargen.generation.generator import ControlTensors, Generator
+from tfchargen.training import distribute, evaluate, rundir
 
 SAMPLE_PROMPTS = ("Today ", "On Sunday ")
 SAMPLE_TEMPERATURES = (0.0, 0.5, 1.0)

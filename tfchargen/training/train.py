@@ -19,16 +19,20 @@ import keras
 import tensorflow as tf
 
 from tfchargen.common import files
-from tfchargen.training import distribute
-from tfchargen.data import pipeline
-from tfchargen.training import rundir
-from tfchargen.data import sources
-from tfchargen.model import charrnn as model_lib
-from tfchargen.training.callbacks import AtomicEpochCheckpoint, Progress, RunCallback, WorkerBackupAndRestore, progress_verbosity
 from tfchargen.config import DEFAULTS, MODEL_KEYS, use_fused
+from tfchargen.data import pipeline, sources
+from tfchargen.data.vocab import Vocabulary
+from tfchargen.model import charrnn as model_lib
+from tfchargen.training import distribute, rundir
+from tfchargen.training.callbacks import (
+    AtomicEpochCheckpoint,
+    Progress,
+    RunCallback,
+    WorkerBackupAndRestore,
+    progress_verbosity,
+)
 from tfchargen.training.losses import CharCount, TokenMeanCrossentropy
 from tfchargen.training.optimizers import make_optimizer
-from tfchargen.data.vocab import Vocabulary
 
 
 def _training_batches(setup: distribute.Setup, train_text, vocab, cfg):
@@ -118,7 +122,8 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         log(f"strategy {setup.name}: {setup.num_replicas} replicas, {setup.num_workers} worker(s), "
             f"this is {setup.task}{' (chief)' if setup.is_chief else ''}")
 
-    train_text = sources.load(cfg["train_data"], cfg["field"], cfg["tfds_data_dir"], cfg["description_chars"], cfg["bad_rows"])
+    train_text = sources.load(cfg["train_data"], cfg["field"], cfg["tfds_data_dir"], cfg["description_chars"],
+                              cfg["bad_rows"])
     init_weights = _init_from(cfg) if cfg["init_from"] else None
     vocab = _vocabulary(cfg, run_dir, out_dir, train_text, init_weights)
     log(f"vocabulary: {vocab.size} ids ({len(vocab.chars)} characters + <pad> + <eos>)")
