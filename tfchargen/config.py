@@ -89,15 +89,16 @@ MODEL_KEYS = ("cell", "layers", "units", "embedding_dim")
 
 
 # Where ``fused_lstm="auto"`` picks the fused kernel, for people (the CLI's help); use_fused is the rule.
-FUSED_AUTO = "where it measured faster on CPU (batch <= 16, units >= 256, or one-hot input without dropout)"
+FUSED_AUTO = ("where it trains faster than Keras on CPU: batch <= 16, units >= 256 or one-hot input without "
+              "dropout; and always with weight-drop, which only the fused kernel has")
 
 
 def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0,
               one_hot: bool = False) -> bool:
-    """``--fused-lstm``: on, off, or auto = FUSED_AUTO: batch <= 16 (per-op cost dominates),
-    units >= 256, or one-hot input without dropout (its projection is a gather). With an
-    embedding at larger batches and 128 units Keras' oneDNN matmuls win. Weight-drop exists
-    only in the fused kernel, so auto picks it then. The measurements: docs/design.md.
+    """``--fused-lstm``: on, off, or auto (FUSED_AUTO). At small batches per-op cost
+    dominates and one-hot input makes the projection a gather; with an embedding at larger
+    batches Keras' oneDNN matmuls win. ``one_hot``: one-hot input without input dropout.
+    The measurements: docs/design.md.
 
     >>> use_fused("auto", "lstm", batch_size=64, units=128), use_fused("auto", "lstm", 8, 128)
     (False, True)
