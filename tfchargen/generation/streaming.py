@@ -19,21 +19,16 @@ from tfchargen import contract
 from tfchargen.contract import DEFAULT_CHUNK, Controls
 
 
-def chunks(predict, prompts, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK, **control_values):
+def chunks(predict, prompts, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
     """Yields each chunk's outputs (dict of [B] numpy arrays, as ``start`` returns them) until
     every row has ``controls.max_length`` new characters (any number; a scalar or one per
     prompt) or ended with <eos>. The first chunk's ``text`` starts with the (normalized)
     prompt; later chunks' ``text`` is their continuation.
 
-    ``control_values`` (``max_length=...`` and so on) are taken as ``Controls(**control_values)``,
-    for callers that hold the controls as named columns (the server's ``:stream``).
-
     Example:
     >>> for out in chunks(local_predict(loaded), [b"Today "], Controls(max_length=3000, seed=7)):  # doctest: +SKIP
     ...     print(out["continuation"][0].decode(), end="", flush=True)
     """
-    if control_values:
-        controls = controls.replace(**control_values)
     if not 1 <= chunk <= contract.MAX_NEW_CHARS:
         raise ValueError(f"chunk must be in 1..{contract.MAX_NEW_CHARS}, got {chunk}")
     n = len(prompts)

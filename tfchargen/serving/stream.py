@@ -19,7 +19,7 @@ def stream_request(doc: dict, dtypes: dict) -> tuple[dict, int]:
 
     The body is a ``generate`` ``:predict`` body (``instances`` or ``inputs``;
     ``signature_name``, if given, must be ``generate``) plus an optional top-level ``"chunk"``
-    (new characters per event, default streaming.DEFAULT_CHUNK). ``max_length`` may exceed
+    (new characters per event, default contract.DEFAULT_CHUNK). ``max_length`` may exceed
     MAX_NEW_CHARS: only each chunk is bound by it.
 
     >>> import tensorflow as tf
@@ -29,14 +29,12 @@ def stream_request(doc: dict, dtypes: dict) -> tuple[dict, int]:
     >>> inputs["max_length"].tolist(), chunk
     ([3000], 64)
     """
-    from tfchargen.generation.streaming import DEFAULT_CHUNK
-
     doc = dict(doc)
     signature_name = doc.pop("signature_name", "generate")
     if signature_name not in ("generate", ""):
         raise ServerError("INVALID_ARGUMENT", f":stream runs the generate signature (start/continue), "
                           f"not {str(signature_name)[:100]!r}")
-    chunk = doc.pop("chunk", DEFAULT_CHUNK)
+    chunk = doc.pop("chunk", contract.DEFAULT_CHUNK)
     if isinstance(chunk, bool) or not isinstance(chunk, int) or not 1 <= chunk <= contract.MAX_NEW_CHARS:
         raise ServerError("INVALID_ARGUMENT", f"'chunk' must be an integer in 1..{contract.MAX_NEW_CHARS}, "
                           f"got {json.dumps(chunk)[:100]}")
@@ -85,11 +83,11 @@ def sse_events(predict, inputs: dict, chunk: int):
     from tfchargen.generation.streaming import chunks
 
     n = len(inputs["prompt"])
-    controls = {k: inputs[k] for k in contract.CONTROLS}
+    controls = contract.Controls(**{k: inputs[k] for k in contract.CONTROLS})
     total = np.zeros(n, np.int64)
     log_prob = np.zeros(n, np.float64)
     ended = np.zeros(n, bool)
-    for i, out in enumerate(chunks(predict, list(inputs["prompt"]), chunk=chunk, **controls)):
+    for i, out in enumerate(chunks(predict, list(inputs["prompt"]), controls, chunk)):
         total += out["num_chars"]
         log_prob += out["log_prob"]
         ended |= out["ended_with_eos"]
