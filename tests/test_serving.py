@@ -256,6 +256,10 @@ def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(server, loaded):
     for c in (RestClient(server.rest_url), RestClient(server.rest_url, request_format="row"),
               RestClient(server.rest_url, always_b64=True), GrpcClient(server.grpc_target)):
         assert c.generate([b"To\xffday"], Controls(max_length=10, temperature=0.0))["text"][0] == want
+        # the controls as keywords make the same request; a misspelt one is refused
+        assert c.generate([b"To\xffday"], max_length=10, temperature=0.0)["text"][0] == want
+        with pytest.raises(TypeError, match="max_len"):
+            c.generate(["x"], max_len=3)
 
 
 @pytest.mark.slow

@@ -68,6 +68,15 @@ class ServingError(RuntimeError):
         self.retryable = retryable
 
 
+def _controls(controls: Controls | None, values: dict) -> Controls:
+    """A call's controls: ``controls`` (or the defaults) with the keyword ``values`` over it;
+    a keyword that names no control is a TypeError, as for any function."""
+    unknown = set(values) - set(contract.CONTROLS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return (controls or Controls()).replace(**values)
+
+
 def _backoff(attempt: int, base: float, cap: float = 2.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     return random.uniform(0, min(cap, base * 2 ** attempt))
@@ -80,10 +89,12 @@ class _Client:
     def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def generate(self, prompts, controls: Controls = Controls()):
-        """The ``generate`` signature. Each control is a scalar (used for every prompt) or a
-        list with one value per prompt (the server refuses another number of values); None
-        takes the serving default."""
+    def generate(self, prompts, controls: Controls | None = None, **control_values):
+        """The ``generate`` signature. The controls come as a ``Controls`` or as keywords
+        (``max_length=60, seed=[1, 2]``; keywords override the ``Controls``' fields). Each is
+        a scalar (used for every prompt) or a list with one value per prompt (the server
+        refuses another number of values); None takes the serving default."""
+        controls = _controls(controls, control_values)
         prompts = [_as_bytes(p) for p in prompts]
         n = len(prompts)
         inputs = {"prompt": prompts, **controls.rows(n, strict=False)}
@@ -98,15 +109,16 @@ class _Client:
             return {k: np.zeros([0], _DTYPES[k]) for k in contract.SCORE_OUTPUTS}
         return self.predict({"text": texts}, "score")
 
-    def stream(self, prompt, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
+    def stream(self, prompt, controls: Controls | None = None, chunk: int = DEFAULT_CHUNK, **control_values):
         """Iterates over one prompt's text, chunk by chunk (str): the first chunk starts with
         the prompt, ``"".join(...)`` is the whole text. Runs ``start`` and then ``continue``
-        (tfchargen/generation/streaming.py); ``controls.max_length`` may exceed one call's
-        2048. Every request has this client's timeout and retries: a retried chunk is the same
-        chunk, never repeated text.
+        (tfchargen/generation/streaming.py); the controls as in :meth:`generate`, and
+        ``max_length`` may exceed one call's 2048. Every request has this client's timeout
+        and retries: a retried chunk is the same chunk, never repeated text.
         """
         from tfchargen.generation.streaming import chunks
 
+        controls = _controls(controls, control_values)
         for out in chunks(lambda signature, inputs: self.predict(inputs, signature), [_as_bytes(prompt)],
                           controls, chunk):
             yield out["text"][0].decode("utf-8")
@@ -288,13 +300,14 @@ class RestClient(_Client):
         """GET /v1/models/NAME[/versions/N]: the GetModelStatusResponse as JSON."""
         return self._request("GET", self._model_url())
 
-    def stream(self, prompt, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
+    def stream(self, prompt, controls: Controls | None = None, chunk: int = DEFAULT_CHUNK, **control_values):
         """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
         request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
         nor does a model without ``start``/``continue`` (404) or an older server (501); those
         stream through ``start``/``continue`` on ``:predict``, with its per-chunk retries.
         ``:stream`` is retried like any request until its first event arrives; a connection
         lost after that is a ServingError (the text so far has been yielded)."""
+        controls = _controls(controls, control_values)
         if not self.sse:
             yield from super().stream(prompt, controls, chunk)
             return
