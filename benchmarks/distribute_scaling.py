@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     args = p.parse_args(argv)
-    cfg = dict(train_data=f"csv:{args.data}[:{common.TRAIN_ROWS}]", mode=args.mode, window=128, batch_size=args.batch_size,
+    cfg = dict(train_data=f"csv:{args.data}[:{common.TRAIN_ROWS}]", mode=args.mode, window=128,
+               batch_size=args.batch_size,
                units=args.units, steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, sample_every=0, seed=1,
                learning_rate=3e-3)
     machine = common.machine_info(probe=True)

@@ -50,23 +50,24 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF's C++ start-up chatter
 
+import common  # noqa: E402  (next to this script)
 import keras
-import numpy as np
 import tensorflow as tf
 
-import common  # noqa: E402  (next to this script)
 from tfchargen import config  # noqa: E402
-from tfchargen.savedmodel import export as export_lib  # noqa: E402
+from tfchargen.data import sources  # noqa: E402
+from tfchargen.data.vocab import Vocabulary  # noqa: E402
 from tfchargen.generation import generator as gen_lib  # noqa: E402
 from tfchargen.model import charrnn as model_lib  # noqa: E402
-from tfchargen.data import sources  # noqa: E402
+from tfchargen.savedmodel import export as export_lib  # noqa: E402
 from tfchargen.training import rundir  # noqa: E402
-from tfchargen.data.vocab import Vocabulary  # noqa: E402
 
 PROMPT = "Today "
-METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla", "onestep_tutorial", "onestep_loop",
+METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla",
+           "onestep_tutorial", "onestep_loop",
            "teaching_quadratic")
-TFCHARGEN_METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla")
+TFCHARGEN_METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel",
+                     "savedmodel_xla")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Targets, stated for the default model (one-hot LSTM(128)); best tfchargen method counts.
 TARGET_B1_CHARS_PER_S = 30_000
@@ -155,7 +156,7 @@ def controls(batch: int, length: int, seeded: bool = False) -> dict:
 def generator_factory(rnn, vocab, jit_compile, length, seeded=False):
     def make(batch):
         g = gen_lib.Generator(rnn, vocab, jit_compile=jit_compile)
-        fn = export_lib.signature_functions(g, export_lib.SERVING_DEFAULTS)["generate"]
+        fn = export_lib.signature_functions(g)["generate"]
         inputs = controls(batch, length, seeded)
         return (lambda: int(tf.reduce_sum(fn(**inputs)["num_chars"]))), {}
     return make
@@ -418,7 +419,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    for m, rows in results.items():
+    for rows in results.values():
         for b, r in rows.items():
             bound = ceiling[b]["chars_per_second_bound"] if b in ceiling else None
             r["fraction_of_ceiling"] = r["chars_per_second"] / bound if bound else None
@@ -447,7 +448,7 @@ def main(argv=None):
     }
 
     print(f"\n{'method':<19} {'batch':>5} {'chars/s':>11} {'first s':>8} {'steady s':>9} {'of ceiling':>10}")
-    for m, rows in results.items():
+    for rows in results.values():
         for b, r in rows.items():
             frac = f"{100 * r['fraction_of_ceiling']:.1f}%" if r["fraction_of_ceiling"] is not None else "-"
             print(f"{m:<19} {b:>5} {r['chars_per_second']:>11,.0f} {r['first_call_seconds']:>8.2f} "

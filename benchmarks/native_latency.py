@@ -85,7 +85,8 @@ def train_tiny(workdir: str, data: str) -> str:
     """The tests' tiny model: the tiny preset, seed 3, rows 1-6000 (generate ignores the export defaults)."""
     run_dir, base = os.path.join(workdir, "run"), os.path.join(workdir, "models")
     e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    for args in (["train", "--preset", "tiny", "--run-dir", run_dir, "--train-data", f"csv:{data}[:{common.TRAIN_ROWS}]",
+    for args in (["train", "--preset", "tiny", "--run-dir", run_dir,
+                  "--train-data", f"csv:{data}[:{common.TRAIN_ROWS}]",
                   "--eval-data", f"csv:{data}[{common.TRAIN_ROWS}:]", "--seed", "3", "--sample-every", "0"],
                  ["export", "--run-dir", run_dir, "--export-base", base]):
         r = subprocess.run([sys.executable, "-m", "tfchargen", *args], capture_output=True, text=True, env=e, cwd=REPO)
@@ -97,7 +98,8 @@ def train_tiny(workdir: str, data: str) -> str:
 def native_args(model: str, calls: int):
     r = REQUEST
     return ["--max-length", str(r["max_length"]), "--temperature", str(r["temperature"]), "--top-k", str(r["top_k"]),
-            "--top-p", str(r["top_p"]), "--seed", str(r["seed"]), "--timing", "--repeat", str(calls), model, r["prompt"]]
+            "--top-p", str(r["top_p"]), "--seed", str(r["seed"]), "--timing", "--repeat", str(calls),
+            model, r["prompt"]]
 
 
 def run_native(binary: str, model: str, calls: int):
@@ -153,7 +155,8 @@ def max_rss_kb(binary: str, model: str, calls: int):
 def summarize(rounds):
     """Per client: the medians of the rounds' medians etc. (each round a fresh process)."""
     med = statistics.median
-    return {"median_ms": med(r["median_ms"] for r in rounds), "best_round_median_ms": min(r["median_ms"] for r in rounds),
+    return {"median_ms": med(r["median_ms"] for r in rounds),
+            "best_round_median_ms": min(r["median_ms"] for r in rounds),
             "mean_ms": med(r["mean_ms"] for r in rounds),
             "first_call_ms": med(r["first_ms"] for r in rounds), "load_ms": med(r["load_ms"] for r in rounds),
             "round_medians_ms": [round(r["median_ms"], 4) for r in rounds],
@@ -208,9 +211,11 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="a SavedModel version dir or export base (repeatable); "
                    "default: train and export the tiny preset into a temp dir")
-    p.add_argument("--data", default=common.DEFAULT_DATA, help="AG News CSV for the default tiny model (default: %(default)s)")
+    p.add_argument("--data", default=common.DEFAULT_DATA,
+                   help="AG News CSV for the default tiny model (default: %(default)s)")
     p.add_argument("--calls", type=int, default=300, help="calls per client per round (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=3, help="fresh processes per client, interleaved (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="fresh processes per client, interleaved (default: %(default)s)")
     p.add_argument("--cold-runs", type=int, default=3, help="whole-process runs per client (default: %(default)s)")
     p.add_argument("--leak-calls", type=int, default=10000, help="C client calls in the leak check; 0: skip "
                    "(default: %(default)s)")

@@ -20,12 +20,12 @@ import collections
 import os
 import re
 
+import common  # next to this script
 import tensorflow as tf
 
-import common  # next to this script
 from tfchargen.data import sources
-from tfchargen.training import rundir
 from tfchargen.data.vocab import normalize_py
+from tfchargen.training import rundir
 
 WORD = re.compile(r"\w+")
 
@@ -114,7 +114,8 @@ def main(argv=None):
     for r in rows:
         print(f"  {r['class']:45s} {r['share_of_chars']:6.1%} of chars  "
               f"{r['nats_per_char']:.3f} nats/char  {r['share_of_nats']:6.1%} of nats")
-    print(f"if description-only words cost like title words: {result['if_description_only_words_cost_like_title_words']:.3f}; "
+    alike = result["if_description_only_words_cost_like_title_words"]
+    print(f"if description-only words cost like title words: {alike:.3f}; "
           f"if unseen words did: {result['if_unseen_words_cost_like_title_words']:.3f}")
     common.write_result(args.out, {"benchmark": "quality_breakdown", **result})
     print(f"wrote {args.out}")

@@ -22,7 +22,8 @@ one prompt each, up to --max-length new characters:
 
 Reported per (target, clients, round): requests/s and new characters/s over the wall time,
 per-request latency percentiles (ms), and for the servers the mean rows per merged call;
-then per clients count the median and range over --rounds of batching on ÷ off. Each target gets a few warm-up requests first.
+then per clients count the median and range over --rounds of batching on ÷ off. Each target gets a few warm-up
+requests first.
 Seeded requests (seed = request number) make every run generate the same text. This is a
 benchmark, not a test: the numbers depend on the machine and its load, recorded with them.
 """
@@ -42,14 +43,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # next to this script
 import numpy as np
 import tensorflow as tf
-
-import common  # next to this script
 from common import DEFAULT_DATA, REPO
+
+from tfchargen.contract import Controls
 from tfchargen.savedmodel import export as export_lib
 from tfchargen.serving.batching import DEFAULT_TIMEOUT_MS
 from tfchargen.serving.client import RestClient, ServingError
+
 PROMPTS = ["Today ", "On Sunday ", "Stocks ", "Oil prices ", "Microsoft ", "The U.S. ", "Red Sox ", "Iraq "]
 
 
@@ -139,7 +142,7 @@ def client_caller(make_client):
     def call(prompts, max_length, temperature, seed):
         if not hasattr(local, "client"):
             local.client = make_client()
-        out = local.client.generate(prompts, max_length=max_length, temperature=temperature, seed=seed)
+        out = local.client.generate(prompts, Controls(max_length=max_length, temperature=temperature, seed=seed))
         return int(np.sum(out["num_chars"]))
     return call
 
@@ -189,14 +192,15 @@ def start_targets(base: str, loaded, args, wanted, servers: list) -> dict:
     for name, batch in (("batching_on", args.max_batch), ("batching_off", 1)):
         if name in wanted:
             s = ServeProcess(base, args.model_name, "--max-batch", str(batch),
-                             "--batch-timeout-ms", str(args.batch_timeout_ms), "--batch-threads", str(args.batch_threads))
+                             "--batch-timeout-ms", str(args.batch_timeout_ms),
+                             "--batch-threads", str(args.batch_threads))
             servers.append(s)
             targets[name] = (" ".join(["tfchargen serve", *s.cmd[4:]]), client_caller(
                 lambda url=s.url: RestClient(url, args.model_name, timeout=args.timeout)), s)
     if args.url and "rest" in wanted:
         targets["rest"] = (f"model server REST {args.url}", client_caller(
             lambda: RestClient(args.url, args.model_name, timeout=args.timeout)), None)
-    for name, (label, call, _) in targets.items():
+    for call in (call for _, call, _ in targets.values()):
         for i in range(args.warmup):
             call(**request_inputs(10_000 + i, 1, args))
     return targets
@@ -274,7 +278,8 @@ def main(argv=None):
                    "prompts_per_request": 1,
                    "max_length": args.max_length, "temperature": args.temperature,
                    "seed": "request number (seeded: same text every run)", "max_batch": args.max_batch,
-                   "batch_timeout_ms": args.batch_timeout_ms, "batch_threads": args.batch_threads, "warmup_requests": args.warmup, "url": args.url},
+                   "batch_timeout_ms": args.batch_timeout_ms, "batch_threads": args.batch_threads,
+                   "warmup_requests": args.warmup, "url": args.url},
         "definitions": {
             "as_trained": "the model as exported: a request ends at its first <eos> (lengths vary)",
             "full_length": "the same weights with <eos> impossible: every request generates max_length characters",
@@ -297,7 +302,7 @@ def main(argv=None):
             if "batching_on" in rows and "batching_off" in rows:
                 ratios = [on["requests_per_second"] / off["requests_per_second"]
                           for on, off in zip(rows["batching_on"], rows["batching_off"])]
-                med = lambda target, key: float(np.median([key(r) for r in rows[target]]))  # noqa: E731
+                med = lambda target, key, rows=rows: float(np.median([key(r) for r in rows[target]]))  # noqa: E731
                 report.setdefault("batching_speedup", {}).setdefault(workload, {})[str(clients)] = {
                     "requests_per_second": round(float(np.median(ratios)), 2),
                     "requests_per_second_range": [round(min(ratios), 2), round(max(ratios), 2)],

@@ -29,7 +29,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from tfchargen.contract import Controls  # noqa: E402
 from tfchargen.generation import streaming  # noqa: E402
+from tfchargen.savedmodel.call import local_predict  # noqa: E402
 
 FIRST = 16  # "first characters" of the latency goal
 
@@ -41,7 +43,8 @@ def controls(batch, seeded):
 
 def one_shot(predict, prompts, length, seeded):
     t0 = time.perf_counter()
-    out = predict("generate", {"prompt": prompts, "max_length": [length] * len(prompts), **controls(len(prompts), seeded)})
+    n = len(prompts)
+    out = predict("generate", {"prompt": prompts, "max_length": [length] * n, **controls(n, seeded)})
     total = time.perf_counter() - t0
     return {"total_s": total, "chars": int(out["num_chars"].sum())}
 
@@ -50,7 +53,7 @@ def streamed(predict, prompts, length, chunk, seeded):
     t0 = time.perf_counter()
     first_chunk = first_16 = None
     got = np.zeros(len(prompts), np.int64)
-    for out in streaming.chunks(predict, prompts, length, chunk, **controls(len(prompts), seeded)):
+    for out in streaming.chunks(predict, prompts, Controls(max_length=length, **controls(len(prompts), seeded)), chunk):
         now = time.perf_counter() - t0
         got += out["num_chars"]
         first_chunk = now if first_chunk is None else first_chunk
@@ -88,14 +91,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    predict = streaming.local_predict(tf.saved_model.load(args.model))
+    predict = local_predict(tf.saved_model.load(args.model))
     results = []
     for batch in map(int, args.batches.split(",")):
         prompts = [b"Today "] * batch
         for seeded in (True, False):
-            fns = {"one_shot": lambda: one_shot(predict, prompts, args.length, seeded)}
+            fns = {"one_shot": lambda prompts=prompts, seeded=seeded: one_shot(predict, prompts, args.length, seeded)}
             for chunk in map(int, args.chunks.split(",")):
-                fns[chunk] = lambda chunk=chunk: streamed(predict, prompts, args.length, chunk, seeded)
+                fns[chunk] = lambda chunk=chunk, prompts=prompts, seeded=seeded: streamed(
+                    predict, prompts, args.length, chunk, seeded)
             med = medians(fns, args.repeats)
             base = med.pop("one_shot")
             row = {"batch": batch, "seeded": seeded, "one_shot": base, "streams": {}}

@@ -42,20 +42,21 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF's C++ start-up chatter
 
+import common  # noqa: E402  (common and teaching_baseline sit next to this script)
 import keras
 import numpy as np
-
-import common  # noqa: E402  (common and teaching_baseline sit next to this script)
 import teaching_baseline  # noqa: E402
-from tfchargen.training import evaluate  # noqa: E402
-from tfchargen.data import pipeline
-from tfchargen.data import sources
+
+from tfchargen import config  # noqa: E402
+from tfchargen.data import pipeline, sources
+from tfchargen.data.vocab import Vocabulary  # noqa: E402
 from tfchargen.model import charrnn as model_lib  # noqa: E402
-from tfchargen.training import rundir  # noqa: E402
+from tfchargen.training import (
+    evaluate,  # noqa: E402
+    )
 from tfchargen.training import train as train_lib  # noqa: E402
 from tfchargen.training.losses import CharCount, TokenMeanCrossentropy  # noqa: E402
 from tfchargen.training.optimizers import Adam  # noqa: E402
-from tfchargen.data.vocab import Vocabulary  # noqa: E402
 
 VARIANTS = ("teaching", "tfchargen_b8", "tfchargen_b8_windows", "tuned")
 # Minimum chars/s speedup over the teaching example that each variant should reach.
@@ -191,13 +192,13 @@ def run_teaching(train_list, heldout_list, args):
 
 
 def run_tfchargen(train_text, eval_batches, vocab, batch_size, mode, lr, args, window=None):
-    fused = model_lib.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as tfchargen/train.py decides
+    fused = config.use_fused(args.fused_lstm, "lstm", batch_size, 128, one_hot=True)  # as training/train.py decides
     rnn = model_lib.build(vocab.size, cell="lstm", num_layers=1, units=128, embedding_dim=0, fused=fused)
-    rnn.model.compile(  # as tfchargen/train.py compiles it (losses.py, optimizers.py)
+    rnn.model.compile(  # as tfchargen/training/train.py compiles it (losses.py, optimizers.py)
         optimizer=Adam(lr, clipnorm=1.0),
         loss=TokenMeanCrossentropy(),
         metrics=[CharCount(), TargetSlots()],
-        steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/train.py sets it
+        steps_per_execution=train_lib.steps_per_execution(  # as tfchargen/training/train.py sets it
             {"steps_per_execution": args.steps_per_execution}, 10**9, "default"),
     )
     batches = pipeline.training_dataset(train_text, vocab, mode=mode, batch_size=batch_size,
@@ -245,7 +246,7 @@ def main(argv=None):
     p.add_argument("--tuned-lr", type=float, default=3e-3)
     p.add_argument("--window", type=int, default=128, help="max example length / window (tfchargen)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of %(default)s")
-    p.add_argument("--fused-lstm", choices=model_lib.FUSED_CHOICES, default="auto",
+    p.add_argument("--fused-lstm", choices=config.FUSED_CHOICES, default="auto",
                    help="tfchargen's LSTM training kernel, as `tfchargen train --fused-lstm` (default: %(default)s)")
     p.add_argument("--steps-per-execution", type=int, default=8,
                    help="tfchargen's Keras steps_per_execution, as `tfchargen train` (default: %(default)s)")
@@ -357,7 +358,8 @@ def main(argv=None):
                         "steady_chars_per_second", "steady_speedup_vs_teaching"):
                 vals = [x[key] for x in runs if x.get(key) is not None]
                 r[key] = float(np.median(vals)) if vals else None
-            r["speedup_range"] = ([min(x["speedup_vs_teaching"] for x in runs), max(x["speedup_vs_teaching"] for x in runs)]
+            speedups = [x["speedup_vs_teaching"] for x in runs]
+            r["speedup_range"] = ([min(speedups), max(speedups)]
                                   if runs[0]["speedup_vs_teaching"] and name != "teaching" else None)
             probes = [x["machine_probe_before"] for x in runs if x.get("machine_probe_before")]
             r["machine_probe_before"] = ({k: float(np.median([pr[k] for pr in probes])) for k in probes[0]}

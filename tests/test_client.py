@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from faults import INJECTED, FaultProxy
 from helpers import run_clis
+from tfchargen import contract
+from tfchargen.contract import Controls
 from tfchargen.serving import client as client_lib
 from tfchargen.serving.client import GrpcClient, RestClient, ServingError
 from tfchargen.serving.server import Server
@@ -67,7 +69,7 @@ def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(server, loaded):
     want = local_generate(loaded, PROMPTS)
     want_score = {k: v.numpy() for k, v in loaded.signatures["score"](text=tf.constant(PROMPTS)).items()}
     for name, c in clients(server).items():
-        got = c.generate(PROMPTS, max_length=30, temperature=0.0)
+        got = c.generate(PROMPTS, Controls(max_length=30, temperature=0.0))
         assert list(got["text"]) == list(want["text"]), name
         assert list(got["continuation"]) == list(want["continuation"]), name
         assert list(got["num_chars"]) == list(want["num_chars"]), name
@@ -79,7 +81,7 @@ def test_rest_row_columnar_and_grpc_give_the_local_greedy_text(server, loaded):
         # serving_default: one input, so the row format sends a plain list of strings.
         d = c.predict({"prompt": PROMPTS[:2]})
         assert [t.startswith(p.encode()) for t, p in zip(d["text"], PROMPTS)] == [True, True], name
-        assert {k: len(v) for k, v in c.generate([]).items()} == dict.fromkeys(client_lib.GENERATE_OUTPUTS, 0)
+        assert {k: len(v) for k, v in c.generate([]).items()} == dict.fromkeys(contract.GENERATE_OUTPUTS, 0)
         c.close()
 
 
@@ -92,7 +94,11 @@ def test_non_utf8_prompt_goes_as_b64_and_comes_back_decoded(server, loaded):
     assert want.decode("utf-8").startswith("To\ufffdday")
     for c in (RestClient(server.rest_url), RestClient(server.rest_url, request_format="row"),
               RestClient(server.rest_url, always_b64=True), GrpcClient(server.grpc_target)):
+        assert c.generate([b"To\xffday"], Controls(max_length=10, temperature=0.0))["text"][0] == want
+        # the controls as keywords make the same request; a misspelt one is refused
         assert c.generate([b"To\xffday"], max_length=10, temperature=0.0)["text"][0] == want
+        with pytest.raises(TypeError, match="max_len"):
+            c.generate(["x"], max_len=3)
 
 
 @pytest.mark.slow
@@ -100,7 +106,7 @@ def test_retries_on_unavailable_then_succeed(proxy):
     for name, c in clients(proxy, retries=3, backoff=0.01).items():
         proxy.reset()
         proxy.fail_next = 2
-        out = c.generate(["Today "], max_length=5, temperature=0.0)
+        out = c.generate(["Today "], Controls(max_length=5, temperature=0.0))
         assert len(out["text"]) == 1 and proxy.calls == 3, name
 
 
@@ -110,7 +116,7 @@ def test_exhausted_retries_give_a_clear_error(proxy):
         proxy.reset()
         proxy.fail_next = 10
         with pytest.raises(ServingError, match=INJECTED + ".*gave up after 2 attempts") as e:
-            c.generate(["Today "], max_length=5)
+            c.generate(["Today "], Controls(max_length=5))
         assert e.value.retryable and e.value.code in ("UNAVAILABLE", "HTTP 503"), name
         assert proxy.calls == 2
     with pytest.raises(ServingError, match="cannot connect.*gave up after 2 attempts"):
@@ -123,14 +129,14 @@ def test_exhausted_retries_give_a_clear_error(proxy):
 def test_invalid_control_is_an_error_with_the_graphs_message(server):
     for name, c in clients(server).items():
         with pytest.raises(ServingError, match=r"top_p must be in \(0, 1\]") as e:
-            c.generate(["Today ", "x"], top_p=2.0)
+            c.generate(["Today ", "x"], Controls(top_p=2.0))
         assert e.value.code in ("INVALID_ARGUMENT", "HTTP 400") and not e.value.retryable, name
     with pytest.raises(ServingError, match="HTTP 404.*Servable not found for request: Specific"):
         RestClient(server.rest_url, version=7).generate(["x"])
     with pytest.raises(ServingError, match="NOT_FOUND"):
         GrpcClient(server.grpc_target, model_name="other").generate(["x"])
     with pytest.raises(ServingError, match="(?s)HTTP 400.*one value per prompt"):
-        RestClient(server.rest_url).generate(["a", "b"], seed=[1, 2, 3])
+        RestClient(server.rest_url).generate(["a", "b"], Controls(seed=[1, 2, 3]))
 
 
 @pytest.mark.slow
@@ -140,7 +146,7 @@ def test_timeout_is_honoured_and_not_retried(proxy):
         proxy.calls = 0
         t = time.monotonic()
         with pytest.raises(ServingError, match="timeout"):
-            c.generate(["Today "], max_length=5)
+            c.generate(["Today "], Controls(max_length=5))
         assert time.monotonic() - t < 2.0, name
         assert proxy.calls == 1, name
 

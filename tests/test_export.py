@@ -31,8 +31,9 @@ def gen(tiny_run):
 def call(g, prompts, max_length=40, temperature=0.0, top_k=0, top_p=1.0, seed=0):
     n = len(prompts)
     vec = lambda v, dt: tf.constant(v if isinstance(v, list) else [v] * n, dt)  # noqa: E731
-    out = g.generate(tf.constant(prompts, tf.string), vec(max_length, tf.int32), vec(temperature, tf.float32),
-                     vec(top_k, tf.int32), vec(top_p, tf.float32), vec(seed, tf.int64))
+    out = g.generate(tf.constant(prompts, tf.string), gen_lib.ControlTensors(
+        vec(max_length, tf.int32), vec(temperature, tf.float32), vec(top_k, tf.int32), vec(top_p, tf.float32),
+        vec(seed, tf.int64)))
     return {k: v.numpy() for k, v in out.items()}
 
 
@@ -174,8 +175,8 @@ def test_per_row_max_length_and_edge_inputs(gen):
     for n, ended, limit in zip(out["num_chars"], out["ended_with_eos"], [0, 3, 7, 11, 20]):
         assert n <= limit and (ended or n == limit)
     assert out["text"][2].decode().startswith("Zürich 😀")  # unknown characters kept in text
-    bad = gen.generate(tf.constant([b"To\xffday"]), tf.constant([5]), tf.constant([0.0]), tf.constant([0]),
-                       tf.constant([1.0]), tf.constant([0], tf.int64))
+    bad = gen.generate(tf.constant([b"To\xffday"]), gen_lib.ControlTensors(
+        tf.constant([5]), tf.constant([0.0]), tf.constant([0]), tf.constant([1.0]), tf.constant([0], tf.int64)))
     assert bad["text"].numpy()[0].decode("utf-8").startswith("To\ufffdday")
     empty = call(gen, [])
     assert all(v.shape == (0,) for v in empty.values())

@@ -30,7 +30,7 @@ import pytest
 from helpers import DATA, ROOT, Concurrent, run_cli
 from tfchargen.cli import app as cli
 from tfchargen.data import sources
-from tfchargen.savedmodel.locate import versions
+from tfchargen.savedmodel.locate import load_savedmodel, versions
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 RNG = random.Random(20240517)  # the kill moments are random but reproducible per run order
@@ -100,7 +100,7 @@ def test_export_killed_at_random_moments_never_leaves_a_broken_version(scenarios
     base, top = scenarios_on_tiny_run.result("export killed")
     # The newest version loads and runs (each export also ran its version in the session-based
     # loader before renaming it); the CLI picks it, skipping the stale directories.
-    loaded, path = cli.load_savedmodel(str(base))
+    loaded, path = load_savedmodel(str(base))
     assert path == str(base / str(top + 2))
     import tensorflow as tf
     assert int(loaded.signatures["score"](text=tf.constant(["Today"]))["num_chars"][0]) == 5

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfchargen.model import charrnn as model_lib
-from tfchargen.generation.generator import Generator
+from tfchargen.generation.generator import ControlTensors, Generator
 from tfchargen.generation.sampling import NEG_INF, Categorical, TopK, TopP, apply_filters, inverse_cdf, row_key, seeded_uniform
 from tfchargen.data.vocab import Vocabulary
 
@@ -147,8 +147,9 @@ def untrained(tmp_path_factory):
 
 
 def generate(g, n=4, temperature=1.0, top_k=0, top_p=1.0):
-    return g.generate(tf.constant(["ab"] * n), tf.fill([n], 30), tf.fill([n], temperature),
-                      tf.fill([n], top_k), tf.fill([n], top_p), tf.range(1, n + 1, dtype=tf.int64))
+    return g.generate(tf.constant(["ab"] * n), ControlTensors(tf.fill([n], 30), tf.fill([n], temperature),
+                                                              tf.fill([n], top_k), tf.fill([n], top_p),
+                                                              tf.range(1, n + 1, dtype=tf.int64)))
 
 
 def test_generator_takes_any_list_of_filters(untrained):
@@ -197,9 +198,9 @@ def test_generator_seeded_row_alone_and_in_a_batch_of_64_give_the_same_text(untr
     prompts = [f"ab{'c' * (i % 5)}" for i in range(n)]
     temperature = np.linspace(0.5, 1.5, n).astype(np.float32)
     seeds = np.arange(1, n + 1, dtype=np.int64) * 104729
-    args = lambda sl: (tf.constant(prompts[sl]), tf.fill([len(prompts[sl])], 200),  # noqa: E731
-                       tf.constant(temperature[sl]), tf.zeros([len(prompts[sl])], tf.int32),
-                       tf.ones([len(prompts[sl])]), tf.constant(seeds[sl]))
+    args = lambda sl: (tf.constant(prompts[sl]), ControlTensors(  # noqa: E731
+        tf.fill([len(prompts[sl])], 200), tf.constant(temperature[sl]), tf.zeros([len(prompts[sl])], tf.int32),
+        tf.ones([len(prompts[sl])]), tf.constant(seeds[sl])))
     together = g.generate(*args(slice(None)))
     alone = g.generate(*args(slice(row, row + 1)))
     assert together["text"].numpy()[row] == alone["text"].numpy()[0]

@@ -30,6 +30,7 @@ from tensorflow.core.framework import types_pb2
 import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
 from helpers import ROOT, run_clis, skip_or_fail
 from tfchargen import contract
+from tfchargen.contract import Controls
 from tfchargen.savedmodel import warmup as warmup_lib
 from tfchargen.serving.client import GrpcClient, RestClient, ServingError
 
@@ -228,7 +229,7 @@ def test_errors_have_tf_servings_codes(server):
     assert status == 413 and "over the limit" in json.loads(reply)["error"]
     g = GrpcClient(server.target, retries=0)
     with pytest.raises(ServingError, match=r"INVALID_ARGUMENT.*top_p must be in"):
-        g.generate(["x"], top_p=2.0)
+        g.generate(["x"], Controls(top_p=2.0))
     with pytest.raises(ServingError, match="NOT_FOUND"):
         GrpcClient(server.target, model_name="other", retries=0).generate(["x"])
     with pytest.raises(ServingError, match="FAILED_PRECONDITION"):
@@ -296,13 +297,13 @@ def test_hostile_requests_1000_fuzzed_then_good_requests_succeed(server):
 
 def test_the_rest_client_keeps_its_connection_and_replaces_one_the_server_closed(server):
     c = RestClient(server.url, retries=0)
-    want = c.generate(["Today "], max_length=8, temperature=0.0)["text"]
+    want = c.generate(["Today "], Controls(max_length=8, temperature=0.0))["text"]
     (conn,) = c._idle
     port = conn.sock.getsockname()[1]
-    assert c.generate(["Today "], max_length=8, temperature=0.0)["text"] == want
+    assert c.generate(["Today "], Controls(max_length=8, temperature=0.0))["text"] == want
     assert c._idle == [conn] and conn.sock.getsockname()[1] == port  # the same TCP connection
     time.sleep(3)  # past the server's --read-timeout: it closes the idle connection
-    assert c.generate(["Today "], max_length=8, temperature=0.0)["text"] == want  # no retry needed
+    assert c.generate(["Today "], Controls(max_length=8, temperature=0.0))["text"] == want  # no retry needed
     c.close()
 
 
@@ -385,7 +386,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(servers):
     def long_request():
         try:
             c = RestClient(s.url, retries=0, timeout=120)
-            results.append(c.generate(["Today "], max_length=2048, temperature=1.5, seed=3)["num_chars"][0])
+            results.append(c.generate(["Today "], Controls(max_length=2048, temperature=1.5, seed=3))["num_chars"][0])
         except ServingError as e:
             results.append(e.code)
 
@@ -490,7 +491,7 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_server_serving(server):
         time.sleep(0.2)
     (line,) = server.log(r"^POST /v1/models/chargen:stream 499 ")
     assert int(re.search(r"events=(\d+)", line).group(1)) < 100_000
-    assert RestClient(server.url, retries=0).generate(["Today "], max_length=5)["num_chars"][0] <= 5
+    assert RestClient(server.url, retries=0).generate(["Today "], Controls(max_length=5))["num_chars"][0] <= 5
     status, _, events = sse({"instances": [dict(prompt="x", max_length=3, temperature=0.0, top_k=0, top_p=1.0,
                                                 seed=0)]}, f"{server.url}/v1/models/chargen:stream")
     assert status == 200 and events[-1][0] == "done"
@@ -505,7 +506,7 @@ def test_generate_stream_through_the_server_prints_what_generate_prints(server):
     assert streamed.stdout == one.stdout and len(one.stdout) > len("Today ") + 1
     assert len(server.log(r"^POST /v1/models/chargen:stream 200")) == before + 1  # one request, not 10
     # Streams as RestClient.stream yields them; the start/continue path gives the same chunks.
-    kw = dict(max_length=60, chunk=16, temperature=1.0, seed=4)
+    kw = dict(controls=Controls(max_length=60, temperature=1.0, seed=4), chunk=16)
     assert list(RestClient(server.url).stream("Today ", **kw)) == list(RestClient(server.url, sse=False)
                                                                        .stream("Today ", **kw))
 

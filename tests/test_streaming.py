@@ -62,6 +62,10 @@ def controls(n, max_length=60, temperature=0.0, top_k=0, top_p=1.0, seed=0):
                 top_k=vec(top_k, n, tf.int32), top_p=vec(top_p, n, tf.float32), seed=vec(seed, n, tf.int64))
 
 
+def control_tensors(n, *args, **kw):
+    return gen_lib.ControlTensors(**controls(n, *args, **kw))
+
+
 def numpy(out):
     return {k: v.numpy() for k, v in out.items()}
 
@@ -80,7 +84,8 @@ def stream(start, cont, prompts, chunks, **kw):
 
 
 def in_process(g):
-    return (lambda prompt, **c: g.start(prompt, **c)), (lambda state_bytes, **c: g.continue_(state_bytes, **c))
+    return ((lambda prompt, **c: g.start(prompt, gen_lib.ControlTensors(**c))),
+            (lambda state_bytes, **c: g.continue_(state_bytes, gen_lib.ControlTensors(**c))))
 
 
 MIXED = dict(temperature=[0.0, 1.0, 1.6, 0.9, 2.5], top_k=[0, 0, 5, 0, 0], top_p=[1.0, 1.0, 1.0, 0.8, 1.0],
@@ -90,7 +95,7 @@ MIXED = dict(temperature=[0.0, 1.0, 1.6, 0.9, 2.5], top_k=[0, 0, 5, 0, 0], top_p
 # -- fast: in-process, random weights ---------------------------------------------------------
 @pytest.mark.parametrize("chunks", [[60], [0, 60], [7, 13, 1, 39], [1] * 12 + [48], [30, 0, 30], [59, 1]])
 def test_chained_chunks_equal_one_generate_call(gen, chunks):
-    want = numpy(gen.generate(tf.constant(PROMPTS), **controls(len(PROMPTS), max_length=sum(chunks), **MIXED)))
+    want = numpy(gen.generate(tf.constant(PROMPTS), control_tensors(len(PROMPTS), max_length=sum(chunks), **MIXED)))
     text, log_prob, ended, outs = stream(*in_process(gen), PROMPTS, chunks, **MIXED)
     assert text == list(want["continuation"])
     np.testing.assert_allclose(log_prob, want["log_prob"], rtol=1e-5, atol=1e-4)
@@ -105,7 +110,7 @@ def test_a_model_that_rules_a_character_out_streams_exactly(tmp_path):
     """A logit far past the state's value bound (<eos> biased to -1e9, as a model that never
     ends a text) is stored clipped: the state is valid and the chunks still equal one call."""
     g = gen_lib.Generator(*reversed(random_model(tmp_path, eos_bias=-1e9)))
-    want = numpy(g.generate(tf.constant(PROMPTS), **controls(len(PROMPTS), max_length=40, **MIXED)))
+    want = numpy(g.generate(tf.constant(PROMPTS), control_tensors(len(PROMPTS), max_length=40, **MIXED)))
     text, log_prob, ended, _ = stream(*in_process(g), PROMPTS, [9, 31], **MIXED)
     assert text == list(want["continuation"]) and not any(ended)
     np.testing.assert_allclose(log_prob, want["log_prob"], rtol=1e-5, atol=1e-4)
@@ -114,7 +119,7 @@ def test_a_model_that_rules_a_character_out_streams_exactly(tmp_path):
 def test_rows_end_at_different_chunks_and_stay_ended(gen):
     prompts = ["Today "] * 16  # hot seeded rows end with <eos> at different chunks
     kw = dict(temperature=3.0, seed=list(range(1, 17)))
-    want = numpy(gen.generate(tf.constant(prompts), **controls(16, max_length=200, **kw)))
+    want = numpy(gen.generate(tf.constant(prompts), control_tensors(16, max_length=200, **kw)))
     text, _, ended, outs = stream(*in_process(gen), prompts, [20] * 10, **kw)
     assert text == list(want["continuation"])
     first_end = [next((j for j, o in enumerate(outs) if o["ended_with_eos"][i]), None) for i in range(16)]
@@ -169,7 +174,7 @@ def test_a_row_continued_alone_equals_inside_any_batch(gen):
 
 
 def test_state_is_a_tensor_proto_of_fixed_size(gen):
-    out = numpy(gen.start(tf.constant(PROMPTS), **controls(len(PROMPTS), max_length=5, **MIXED)))
+    out = numpy(gen.start(tf.constant(PROMPTS), control_tensors(len(PROMPTS), max_length=5, **MIXED)))
     sizes = {len(s) for s in out[contract.STATE]}
     assert sizes == {gen.codec.size}
     proto = tensor_pb2.TensorProto.FromString(out[contract.STATE][0])
@@ -214,28 +219,28 @@ def tampered_cases(state: bytes):
 
 
 def test_tampered_and_foreign_states_are_invalid_argument(gen, tmp_path):
-    good = numpy(gen.start(tf.constant(["Today ", "x"]), **controls(2, max_length=3)))[contract.STATE]
+    good = numpy(gen.start(tf.constant(["Today ", "x"]), control_tensors(2, max_length=3)))[contract.STATE]
     cases = tampered_cases(good[0])
     bigger = gen_lib.Generator(*reversed(random_model(tmp_path / "b", units=24)))
     retrained = gen_lib.Generator(*reversed(random_model(tmp_path / "r", seed=2)))  # same shapes
     other_vocab = gen_lib.Generator(*reversed(random_model(tmp_path / "v", text=TEXT + "XYZ")))
     for name, g, msg in (("bigger", bigger, contract.MSG_STATE_SIZE), ("retrained", retrained, contract.MSG_STATE_MODEL),
                          ("other vocab", other_vocab, contract.MSG_STATE_SIZE)):
-        cases.append((name, numpy(g.start(tf.constant(["Today "]), **controls(1, 3)))[contract.STATE][0], msg))
+        cases.append((name, numpy(g.start(tf.constant(["Today "]), control_tensors(1, 3)))[contract.STATE][0], msg))
     for name, bad, msg in cases:
         for batch in ([bad], [good[0], bad, good[1]]):  # one bad row fails the whole call
             with pytest.raises(tf.errors.InvalidArgumentError) as e:
-                gen.continue_(tf.constant(batch, tf.string), **controls(len(batch), max_length=4))
+                gen.continue_(tf.constant(batch, tf.string), control_tensors(len(batch), max_length=4))
             assert msg in e.value.message, (name, e.value.message[:300])
 
 
 def test_continue_checks_its_controls_and_takes_an_empty_batch(gen):
-    state = numpy(gen.start(tf.constant(["Today "]), **controls(1, max_length=3)))[contract.STATE]
+    state = numpy(gen.start(tf.constant(["Today "]), control_tensors(1, max_length=3)))[contract.STATE]
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_length must be <= 2048"):
-        gen.continue_(tf.constant(state), **controls(1, max_length=contract.MAX_NEW_CHARS + 1))
+        gen.continue_(tf.constant(state), control_tensors(1, max_length=contract.MAX_NEW_CHARS + 1))
     with pytest.raises(tf.errors.InvalidArgumentError, match="one value per prompt"):
-        gen.continue_(tf.constant(state), **controls(2))
-    empty = numpy(gen.continue_(tf.constant([], tf.string), **{k: v[:0] for k, v in controls(1).items()}))
+        gen.continue_(tf.constant(state), control_tensors(2))
+    empty = numpy(gen.continue_(tf.constant([], tf.string), gen_lib.ControlTensors(*(v[:0] for v in control_tensors(1)))))
     assert all(v.shape == (0,) for v in empty.values())
 
 
@@ -257,13 +262,15 @@ FRESH = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
+from tfchargen.contract import Controls
 from tfchargen.generation import streaming
+from tfchargen.savedmodel.call import local_predict
 m = tf.saved_model.load(sys.argv[1])
-predict = streaming.local_predict(m)
+predict = local_predict(m)
 prompts = [b"Today ", b"", b"fox"]
 kw = dict(temperature=[0.0, 1.0, 0.7], top_k=[0, 0, 4], top_p=[1.0, 0.9, 1.0], seed=[0, 11, -3])
 def joined(max_length, chunk):
-    outs = list(streaming.chunks(predict, prompts, max_length, chunk, **kw))
+    outs = list(streaming.chunks(predict, prompts, Controls(max_length=max_length, **kw), chunk))
     return [b"".join(o["continuation"][i] for o in outs).decode() for i in range(3)], \
            sum(o["log_prob"] for o in outs).tolist(), len(outs)
 one = predict("generate", {"prompt": prompts, "max_length": [2048] * 3, **kw})
@@ -359,12 +366,13 @@ def test_in_process_states_continue_on_the_export_and_foreign_ones_are_refused(e
     other = gen_lib.Generator(*reversed(random_model(tmp_path / "other", seed=5, eos_bias=-30.0)))
     cont = export_loaded.signatures["continue"]
     kw = controls(2, max_length=20, temperature=[0.0, 1.0], seed=[0, 4])
-    state = same.start(tf.constant(["Today ", "fox"]), **kw)[contract.STATE]
+    tensors = gen_lib.ControlTensors(**kw)
+    state = same.start(tf.constant(["Today ", "fox"]), tensors)[contract.STATE]
     exported = cont(state_bytes=state, **kw)
-    local = same.continue_(state, **kw)
+    local = same.continue_(state, tensors)
     assert list(exported["continuation"].numpy()) == list(local["continuation"].numpy())
     with pytest.raises(tf.errors.InvalidArgumentError, match="another model"):
-        cont(state_bytes=other.start(tf.constant(["Today ", "fox"]), **kw)[contract.STATE], **kw)
+        cont(state_bytes=other.start(tf.constant(["Today ", "fox"]), tensors)[contract.STATE], **kw)
 
 
 @pytest.mark.slow
@@ -396,7 +404,7 @@ def test_client_stream_retries_a_chunk_without_repeating_text(stream_server, exp
     client = (RestClient(proxy.rest_url, backoff=0.01, sse=False) if protocol == "rest"  # start/continue
               else GrpcClient(proxy.grpc_target, backoff=0.01))
     with client:
-        kw = dict(max_length=120, chunk=16, temperature=1.0, seed=9)
+        kw = dict(controls=contract.Controls(max_length=120, temperature=1.0, seed=9), chunk=16)
         clean = list(client.stream("Today ", **kw))
         it = client.stream("Today ", **kw)
         faulty = [next(it), next(it)]

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 DEFAULT_TRAIN = "tfds:ag_news_subset/train"  # needs network; the README's commands use the CSV
 
+# The text of an AG News example a run trains on (sources.py): one field, both joined, or
+# either as its own example.
+FIELDS = ("title", "description", "title+description", "title|description")
+BAD_ROWS = ("error", "skip")  # malformed rows of csv: data: refuse them, or skip them with a warning
+FUSED_CHOICES = ("auto", "on", "off")  # fused_lstm: when LSTMs train with fused_lstm.py's kernel
+
 DEFAULTS = dict(
     train_data=DEFAULT_TRAIN,
     eval_data=None,
@@ -25,7 +31,7 @@ DEFAULTS = dict(
     weight_decay=0.0,
     clipnorm=1.0,
     ema=0.0,
-    fused_lstm="auto",  # LSTM training kernel: auto | on | off (model.use_fused)
+    fused_lstm="auto",  # LSTM training kernel: auto | on | off (use_fused)
     steps_per_execution=8,  # train steps per tf.function call (Keras); see steps_per_execution()
     seed=0,
     cell="lstm",
@@ -80,3 +86,25 @@ ARCH_KEYS = ("train_data", "field", "description_chars", "cell", "layers", "unit
 # What --init-from's run must share with the new run: the weights' shapes.
 MODEL_KEYS = ("cell", "layers", "units", "embedding_dim")
 
+
+
+# Where ``fused_lstm="auto"`` picks the fused kernel, for people (the CLI's help); use_fused is the rule.
+FUSED_AUTO = ("where it trains faster than Keras on CPU: batch <= 16, units >= 256 or one-hot input without "
+              "dropout; and always with weight-drop, which only the fused kernel has")
+
+
+def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0,
+              one_hot: bool = False) -> bool:
+    """``--fused-lstm``: on, off, or auto (FUSED_AUTO). At small batches per-op cost
+    dominates and one-hot input makes the projection a gather; with an embedding at larger
+    batches Keras' oneDNN matmuls win. ``one_hot``: one-hot input without input dropout.
+    The measurements: docs/design.md.
+
+    >>> use_fused("auto", "lstm", batch_size=64, units=128), use_fused("auto", "lstm", 8, 128)
+    (False, True)
+    """
+    if choice not in FUSED_CHOICES:
+        raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
+    if cell != "lstm" or choice == "off":
+        return False
+    return choice == "on" or batch_size <= 16 or units >= 256 or weight_drop > 0 or one_hot

@@ -140,17 +140,29 @@ class Controls:
         """{name: value} with the serving defaults for the controls not set."""
         return {k: SERVING_DEFAULTS[k] if v is None else v for k, v in self.items()}
 
-    def error(self, stream: bool = False) -> str | None:
-        """The contract's message for the first value out of range (every row checked), or
-        None. ``stream``: max_length bounds a whole stream, so only its sign is checked."""
+    def problem(self, stream: bool = False) -> tuple[str, str] | None:
+        """(name, the contract's message) of the first value out of range, every row checked
+        in signature order, or None. ``stream``: max_length bounds a whole stream, so only
+        its sign is checked.
+
+        >>> Controls(max_length=-1, top_k=-1).problem()
+        ('max_length', 'max_length must be >= 0')
+        >>> Controls(max_length=5000).problem(stream=True) is None
+        True
+        """
         for name, value in self.given().items():
             for v in _values(value):
                 if stream and name == "max_length":
                     v = min(v, MAX_NEW_CHARS)
                 msg = control_error(**{name: v})
                 if msg:
-                    return msg
+                    return name, msg
         return None
+
+    def error(self, stream: bool = False) -> str | None:
+        """The message of :meth:`problem`, or None."""
+        found = self.problem(stream)
+        return found[1] if found else None
 
     def check(self, stream: bool = False) -> "Controls":
         """Raises ValueError with the contract's message for a value out of range."""
@@ -159,12 +171,13 @@ class Controls:
             raise ValueError(msg)
         return self
 
-    def rows(self, n: int) -> dict:
+    def rows(self, n: int, strict: bool = True) -> dict:
         """{name: [n values]}: scalars repeated, defaults filled in; a sequence whose length
-        is not n raises ValueError (MSG_ONE_PER_PROMPT)."""
+        is not n raises ValueError (MSG_ONE_PER_PROMPT), or with ``strict=False`` is passed
+        on as it is (for a server to refuse with its own error)."""
         out = {}
         for name, value in self.resolved().items():
-            if _is_sequence(value) and len(value) != n:
+            if strict and _is_sequence(value) and len(value) != n:
                 raise ValueError(MSG_ONE_PER_PROMPT.format(name=name))
             out[name] = list(value) if _is_sequence(value) else [value] * n
         return out

@@ -1,5 +1,5 @@
 """The `tfchargen` command line: flags, commands, the one-line error form.
-May import: everything below it (it is the top layer; nothing imports it)."""
+May import: every package (it is the top layer; nothing inside tfchargen imports it)."""
 
 from tfchargen.cli.app import main  # the console script's entry point
 

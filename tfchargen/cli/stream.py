@@ -6,48 +6,45 @@ from __future__ import annotations
 import sys
 
 from tfchargen import contract
-from tfchargen.common.errors import failed_check
+from tfchargen.cli.flags import DEFAULT_PROMPT
+from tfchargen.common.errors import with_failed_check
+from tfchargen.contract import Controls
 from tfchargen.generation.seeds import row_seed
-from tfchargen.generation.streaming import chunks, local_predict
+from tfchargen.generation.streaming import chunks
 from tfchargen.savedmodel.locate import load_savedmodel
 
 
 def cli_stream(args) -> int:
     """`tfchargen generate --stream`: prints one prompt's text chunk by chunk as it arrives,
-    from a local SavedModel (--model) or a TF Serving server (--server)."""
-    prompts = args.prompt or ["Today "]
+    from a local SavedModel (--model) or a TF Serving server (--server). The controls have
+    passed the CLI's check_values (as a stream's)."""
+    prompts = args.prompt or [DEFAULT_PROMPT]
     if len(prompts) > 1 or args.num_samples > 1 or args.temperatures or args.json:
         print("tfchargen generate: error: --stream prints one text: give one --prompt, without "
               "--num-samples, --temperatures or --json", file=sys.stderr)
         return 2
-    error = contract.control_error(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if error is None and args.max_length < 0:
-        error = contract.MSG_MAX_LENGTH_LOW
-    if error is None and not 1 <= args.chunk <= contract.MAX_NEW_CHARS:
-        error = f"--chunk must be in 1..{contract.MAX_NEW_CHARS}"
-    if error:
-        print(f"tfchargen generate: error: {error}", file=sys.stderr)
+    if not 1 <= args.chunk <= contract.MAX_NEW_CHARS:
+        print(f"tfchargen generate: error: --chunk must be in 1..{contract.MAX_NEW_CHARS}", file=sys.stderr)
         return 2
     # The one row is row 0 of `generate`'s rule, so --stream prints what generate prints.
-    prompt, seed = prompts[0].encode("utf-8"), row_seed(args.seed, 0)
+    prompt = prompts[0].encode("utf-8")
+    controls = Controls(max_length=args.max_length, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=row_seed(args.seed, 0))
     if args.server:
         from tfchargen.serving.client import ServingError, connect
 
         try:  # a client's stream(): REST uses the server's :stream where it has one
             with connect(args.server, args.model_name, args.protocol, version=args.version,
                          timeout=args.timeout) as client:
-                _print(client.stream(prompt, args.max_length, args.chunk, args.temperature, args.top_k,
-                                     args.top_p, seed))
+                _print(client.stream(prompt, controls, args.chunk))
         except ServingError as e:
-            check = failed_check(str(e))
-            line = str(e).splitlines()[0].strip() + (f" {check}" if check else "")
-            print(f"\ntfchargen generate: error: {line}", file=sys.stderr)
+            print(f"\ntfchargen generate: error: {with_failed_check(str(e))}", file=sys.stderr)
             return 2
     else:
+        from tfchargen.savedmodel.call import local_predict
+
         loaded, _ = load_savedmodel(args.model, args.version)
-        _print(out["text"][0].decode("utf-8") for out in chunks(
-            local_predict(loaded), [prompt], args.max_length, args.chunk, args.temperature, args.top_k,
-            args.top_p, seed))
+        _print(out["text"][0].decode("utf-8") for out in chunks(local_predict(loaded), [prompt], controls, args.chunk))
     return 0
 
 

@@ -1,2 +1,2 @@
 """Helpers every layer needs: one-line errors, atomic file writes, TensorFlow's quiet import.
-May import: the standard library only (nothing else of tfchargen)."""
+May import: nothing of tfchargen (the standard library only)."""

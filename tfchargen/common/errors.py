@@ -26,3 +26,14 @@ def one_line(e: BaseException, limit: int = 400) -> str:
         return f"{e.strerror}: {e.filename}"
     first = next((line.strip() for line in msg.splitlines() if line.strip()), msg)
     return first if len(first) <= limit else first[:limit] + "..."
+
+
+def with_failed_check(msg: str) -> str:
+    """An error text's first line, then a failed graph check's own message if it holds one
+    (a server's error puts the check further down).
+
+    >>> with_failed_check("HTTP 400: bad request\\n... assertion failed: [top_k must be >= 0 (0 = off)]")
+    'HTTP 400: bad request top_k must be >= 0 (0 = off)'
+    """
+    check = failed_check(msg)
+    return msg.splitlines()[0].strip() + (f" {check}" if check else "")

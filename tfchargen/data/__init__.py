@@ -1,2 +1,2 @@
 """Text in: the character vocabulary (the one string <-> id boundary), data specs, tf.data pipelines.
-May import: common, config."""
+May import: config, common."""

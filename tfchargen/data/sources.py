@@ -33,10 +33,11 @@ from urllib.parse import urlparse
 
 import tensorflow as tf
 
-from tfchargen.config import DEFAULT_TRAIN  # noqa: F401  (re-exported: the data spec a bare `train` reads)
-
-FIELDS = ("title", "description", "title+description", "title|description")
-BAD_ROWS = ("error", "skip")
+from tfchargen.config import (
+    BAD_ROWS,
+    DEFAULT_TRAIN,  # noqa: F401  (re-exported: the data spec a bare `train` reads)
+    FIELDS,
+)
 
 
 class DataError(ValueError):
@@ -46,7 +47,7 @@ class DataError(ValueError):
 # AG News writes `&#39;` as ` #39;` (the `&` became a space) and `&lt;` as `&lt;`.
 # Numeric entities 128-159 are Windows-1252 bytes, as the corpus was scraped.
 _NUMERIC = {n: bytes([n]).decode("cp1252") for n in range(128, 160) if n not in (129, 141, 143, 144, 157)}
-_NUMERIC.update({n: chr(n) for n in list(range(32, 127)) + list(range(160, 256)) + [8211, 8212, 8216, 8217, 8220, 8221, 8230]})
+_NUMERIC.update({n: chr(n) for n in [*range(32, 127), *range(160, 256), 8211, 8212, 8216, 8217, 8220, 8221, 8230]})
 _NAMED = {"quot": '"', "amp": "&", "lt": "<", "gt": ">", "nbsp": " ", "apos": "'"}
 
 

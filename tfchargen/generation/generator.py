@@ -19,26 +19,54 @@ never sampled at any temperature.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import tensorflow as tf
 
 from tfchargen import contract
 from tfchargen.contract import MAX_NEW_CHARS, MAX_PROMPT_CHARS, MAX_STREAM_CHARS
-from tfchargen.model.charrnn import CharRNN
-from tfchargen.generation.state import StateCodec
-from tfchargen.generation.sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
 from tfchargen.data.vocab import Vocabulary, normalize
+from tfchargen.generation.sampling import DEFAULT_FILTERS, NEG_INF, Categorical, apply_filters
+from tfchargen.generation.state import StateCodec
+from tfchargen.model.charrnn import CharRNN
 
-def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
-    """InvalidArgument with a clear message for anything outside the documented contract.
+
+class ControlTensors(NamedTuple):
+    """The sampling controls as [B] tensors, one value per row, in signature order
+    (contract.CONTROLS, contract.CONTROL_DTYPES): what generate, start and continue take."""
+
+    max_length: tf.Tensor
+    temperature: tf.Tensor
+    top_k: tf.Tensor
+    top_p: tf.Tensor
+    seed: tf.Tensor
+
+    @classmethod
+    def of(cls, controls: contract.Controls, n: int) -> "ControlTensors":
+        """The tensors of ``n`` rows of ``controls`` (defaults filled in, scalars repeated).
+
+        >>> ControlTensors.of(contract.Controls(temperature=0, seed=[1, 2]), 2).seed.numpy()
+        array([1, 2])
+        """
+        return cls(**{name: tf.constant(values, tf.as_dtype(contract.CONTROL_DTYPES[name]))
+                      for name, values in controls.rows(n).items()})
+
+    def for_sampler(self) -> dict:
+        """The controls sampling.py's filters and samplers read, by name."""
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "seed": self.seed}
+
+
+def validate_controls(rows, controls: ControlTensors):
+    """InvalidArgument with a clear message for anything outside the documented contract;
+    ``rows`` is the [B] prompts or states the controls go with.
 
     One Assert whose message is the first failed rule's: separate tf.debugging asserts
     would each add an op to every call.
     """
-    n = tf.size(prompt)
+    n = tf.size(rows)
     rules = [(tf.size(x) != n, contract.MSG_ONE_PER_PROMPT.format(name=name))
-             for name, x in (("max_length", max_length), ("temperature", temperature),
-                             ("top_k", top_k), ("top_p", top_p), ("seed", seed))]
+             for name, x in controls._asdict().items()]
+    max_length, temperature, top_k, top_p, _ = controls
     rules += [
         (tf.reduce_any(max_length < 0), contract.MSG_MAX_LENGTH_LOW),
         (tf.reduce_any(max_length > MAX_NEW_CHARS), contract.MSG_MAX_LENGTH_HIGH),
@@ -50,6 +78,14 @@ def validate_controls(prompt, max_length, temperature, top_k, top_p, seed):
     first = tf.argmax(tf.cast(failed, tf.int32), output_type=tf.int32)
     message = tf.gather(tf.constant([m for _, m in rules]), first)
     return [tf.debugging.Assert(~tf.reduce_any(failed), [message])]
+
+
+def checked(rows, controls: ControlTensors):
+    """``rows`` and ``controls`` once validate_controls passes. Every input waits for the
+    checks: nested functions are inlined, so an input that bypassed them could reach the
+    loop (e.g. a TensorArray of 2**31-1 elements) first."""
+    with tf.control_dependencies(validate_controls(rows, controls)):
+        return tf.identity(rows), ControlTensors(*(tf.identity(x) for x in controls))
 
 
 class Generator(tf.Module):
@@ -64,7 +100,8 @@ class Generator(tf.Module):
             One with ``prepare(controls) -> controls`` has it called once per call.
         jit_compile: compile the numeric loop with XLA.
 
-    ``controls`` is the dict of [B] tensors ``temperature``, ``top_k``, ``top_p``, ``seed``.
+    The filters' and sampler's ``controls`` is the dict of [B] tensors ``temperature``,
+    ``top_k``, ``top_p``, ``seed`` (ControlTensors.for_sampler).
     """
 
     def __init__(self, rnn: CharRNN, vocab: Vocabulary, filters=None, sampler=None, jit_compile=False):
@@ -84,11 +121,11 @@ class Generator(tf.Module):
         last = tf.gather(logits, tf.maximum(lengths - 1, 0)[:, None], batch_dims=1)[:, 0]
         return last, states
 
-    def _decode(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
+    def _decode(self, ids, lengths, controls: ControlTensors):
         logits, states = self._prompt_pass(ids, lengths)
-        return self._steps(logits, states, max_length, temperature, top_k, top_p, seed)[:3]
+        return self._steps(logits, states, controls)[:3]
 
-    def _steps(self, logits, states, max_length, temperature, top_k, top_p, seed, position=None, ended=None):
+    def _steps(self, logits, states, controls: ControlTensors, position=None, ended=None):
         """The decoding loop from next-character ``logits`` and RNN ``states`` [B, units].
 
         -> (new ids [B, steps], ended [B], log_prob [B], position [B], logits, states).
@@ -100,20 +137,21 @@ class Generator(tf.Module):
         batch = tf.shape(logits)[0]
         stream = position is not None
         eos = self.vocab.eos_id
+        max_length = controls.max_length
         steps = tf.minimum(tf.reduce_max(tf.concat([max_length, [0]], 0)), MAX_NEW_CHARS)  # never trust the caller
         size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
         out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
         pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
-        controls = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+        sampler_controls = controls.for_sampler()
         if hasattr(self.sampler, "prepare"):  # its per-call work, outside the loop
-            controls = self.sampler.prepare(controls)
+            sampler_controls = self.sampler.prepare(sampler_controls)
         table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
         def body(i, done, ended, log_prob, logits, states, out, pos):
             log_probs = tf.nn.log_softmax(logits)
             allowed = log_probs + pad_col  # padding is never a candidate
-            filtered = apply_filters(self.filters, allowed, controls)
-            nxt = self.sampler(filtered, controls, pos if stream else i)
+            filtered = apply_filters(self.filters, allowed, sampler_controls)
+            nxt = self.sampler(filtered, sampler_controls, pos if stream else i)
             active = ~done
             nxt = tf.where(active, nxt, 0)
             picked = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]
@@ -159,18 +197,14 @@ class Generator(tf.Module):
         dense = tf.concat([first[:, None], dense[:, 1:]], axis=1)
         return dense, tf.maximum(lengths, 1)
 
-    def generate(self, prompt, max_length, temperature, top_k, top_p, seed):
-        checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
-        # Every input waits for the checks: nested functions are inlined, so an input that
-        # bypassed them could reach the loop (e.g. a TensorArray of 2**31-1 elements) first.
-        with tf.control_dependencies(checks):
-            prompt, max_length, temperature, top_k, top_p, seed = (
-                tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
+    def generate(self, prompt, controls: ControlTensors):
+        """[B] prompts -> generate's outputs (contract.GENERATE_OUTPUTS)."""
+        prompt, controls = checked(prompt, controls)
         ids, lengths = self.prompt_ids(prompt)
-        new_ids, ended, log_prob = self._loop(ids, lengths, max_length, temperature, top_k, top_p, seed)
-        return self._chunk(normalize(prompt), new_ids, ended, log_prob)
+        new_ids, ended, log_prob = self._loop(ids, lengths, controls)
+        return self._outputs(normalize(prompt), new_ids, ended, log_prob)
 
-    def _chunk(self, prefix, new_ids, ended, log_prob):
+    def _outputs(self, prefix, new_ids, ended, log_prob):
         """generate's outputs for new ids [B, T]; ``text`` is ``prefix`` + the continuation."""
         continuation = self.vocab.decode(new_ids)
         num_chars = tf.reduce_sum(tf.cast((new_ids > 0) & (new_ids != self.vocab.eos_id), tf.int32), axis=1)
@@ -193,48 +227,41 @@ class Generator(tf.Module):
         opts = dict(jit_compile=self.jit_compile, autograph=False, reduce_retracing=True)
         return tf.function(self._start_steps, **opts), tf.function(self._steps, **opts)
 
-    def _start_steps(self, ids, lengths, max_length, temperature, top_k, top_p, seed):
+    def _start_steps(self, ids, lengths, controls: ControlTensors):
         logits, states = self._prompt_pass(ids, lengths)
         batch = tf.shape(ids)[0]
-        return self._steps(logits, states, max_length, temperature, top_k, top_p, seed,
+        return self._steps(logits, states, controls,
                            position=tf.zeros([batch], tf.int32), ended=tf.zeros([batch], tf.bool))
 
-    def start(self, prompt, max_length, temperature, top_k, top_p, seed):
+    def start(self, prompt, controls: ControlTensors):
         """generate's first chunk, plus each row's ``state_bytes`` to continue it.
 
         Example:
-        >>> out = g.start(tf.constant(["Today "]), tf.constant([8]), tf.constant([0.8]),
-        ...               tf.constant([0]), tf.constant([1.0]), tf.constant([7], tf.int64))  # doctest: +SKIP
-        >>> nxt = g.continue_(out["state_bytes"], tf.constant([8]), ...)                   # doctest: +SKIP
+        >>> c = ControlTensors.of(contract.Controls(max_length=8, seed=7), 1)  # doctest: +SKIP
+        >>> out = g.start(tf.constant(["Today "]), c)                          # doctest: +SKIP
+        >>> nxt = g.continue_(out["state_bytes"], c)                           # doctest: +SKIP
         """
-        checks = validate_controls(prompt, max_length, temperature, top_k, top_p, seed)
-        with tf.control_dependencies(checks):  # as in generate: nothing runs before the checks
-            prompt, max_length, temperature, top_k, top_p, seed = (
-                tf.identity(x) for x in (prompt, max_length, temperature, top_k, top_p, seed))
+        prompt, controls = checked(prompt, controls)
         ids, lengths = self.prompt_ids(prompt)
-        new_ids, ended, log_prob, position, logits, states = self._stream_loops[0](
-            ids, lengths, max_length, temperature, top_k, top_p, seed)
-        out = self._chunk(normalize(prompt), new_ids, ended, log_prob)
+        new_ids, ended, log_prob, position, logits, states = self._stream_loops[0](ids, lengths, controls)
+        out = self._outputs(normalize(prompt), new_ids, ended, log_prob)
         out[contract.STATE] = self.codec.encode(position, ended, logits, states)
         return out
 
-    def continue_(self, state_bytes, max_length, temperature, top_k, top_p, seed):
+    def continue_(self, state_bytes, controls: ControlTensors):
         """The next chunk of each row's stream: the outputs of ``start`` (``text`` is the
         chunk's continuation); a row that ended with <eos> gives empty chunks from then on.
 
         Chained chunks equal one ``generate`` call of their total length for seeded and
         greedy rows, whatever the chunk sizes and the batch the row is continued in.
         """
-        checks = validate_controls(state_bytes, max_length, temperature, top_k, top_p, seed)
-        with tf.control_dependencies(checks):
-            state_bytes, max_length, temperature, top_k, top_p, seed = (
-                tf.identity(x) for x in (state_bytes, max_length, temperature, top_k, top_p, seed))
+        state_bytes, controls = checked(state_bytes, controls)
         state_checks, (position, ended, logits, states) = self.codec.decode(state_bytes)
         with tf.control_dependencies(state_checks):
-            max_length = tf.identity(max_length)
+            controls = controls._replace(max_length=tf.identity(controls.max_length))
         new_ids, ended, log_prob, position, logits, states = self._stream_loops[1](
-            logits, states, max_length, temperature, top_k, top_p, seed, position, ended)
-        out = self._chunk(None, new_ids, ended, log_prob)
+            logits, states, controls, position, ended)
+        out = self._outputs(None, new_ids, ended, log_prob)
         out[contract.STATE] = self.codec.encode(position, ended, logits, states)
         return out
 

@@ -1,15 +1,14 @@
 """Streaming text through stateless servers: ``start``, then ``continue`` until done.
 
-    chunks(predict, prompts, max_length=5000, chunk=32, ...)   one dict of [B] outputs per chunk
-    local_predict(loaded)                                       a predict() over a loaded SavedModel
+    chunks(predict, prompts, Controls(max_length=5000), chunk=32)   one dict of [B] outputs per chunk
 
 ``predict(signature, inputs)`` is any function that runs one signature on [B] inputs and
-returns numpy outputs: a local SavedModel's (:func:`local_predict`) or a TF Serving client's
-``predict`` (client.py's ``stream`` uses this where the server has no ``:stream``;
-``tfchargen serve``'s ``:stream`` runs it over its own signatures). The server keeps nothing
-between chunks: each row's ``state_bytes`` comes back with its chunk and goes out with the
-next request, so a retried request (after UNAVAILABLE) returns the same chunk again and never repeats text.
-Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
+returns numpy outputs: a local SavedModel's (tfchargen.savedmodel.call.local_predict) or a
+TF Serving client's ``predict`` (client.py's ``stream`` uses this where the server has no
+``:stream``; ``tfchargen serve``'s ``:stream`` runs it over its own signatures). The server
+keeps nothing between chunks: each row's ``state_bytes`` comes back with its chunk and goes
+out with the next request, so a retried request (after UNAVAILABLE) returns the same chunk
+again and never repeats text. Streams are not bound by one call's MAX_NEW_CHARS: each chunk is.
 """
 
 from __future__ import annotations
@@ -17,37 +16,26 @@ from __future__ import annotations
 import numpy as np
 
 from tfchargen import contract
-
-DEFAULT_CHUNK = 32
-
-
-def _rows(value, n, name):
-    if isinstance(value, (list, tuple, np.ndarray)):
-        if len(value) != n:
-            raise ValueError(f"{name} must have one value per prompt")
-        return list(value)
-    return [value] * n
+from tfchargen.contract import DEFAULT_CHUNK, Controls
 
 
-def chunks(predict, prompts, max_length=None, chunk=DEFAULT_CHUNK, temperature=None, top_k=None,
-           top_p=None, seed=None):
+def chunks(predict, prompts, controls: Controls = Controls(), chunk: int = DEFAULT_CHUNK):
     """Yields each chunk's outputs (dict of [B] numpy arrays, as ``start`` returns them) until
-    every row has ``max_length`` new characters (any number; a scalar or one per prompt) or
-    ended with <eos>. The first chunk's ``text`` starts with the (normalized) prompt; later
-    chunks' ``text`` is their continuation.
+    every row has ``controls.max_length`` new characters (any number; a scalar or one per
+    prompt) or ended with <eos>. The first chunk's ``text`` starts with the (normalized)
+    prompt; later chunks' ``text`` is their continuation.
 
     Example:
-    >>> for out in chunks(local_predict(loaded), [b"Today "], max_length=3000, seed=7):  # doctest: +SKIP
+    >>> for out in chunks(local_predict(loaded), [b"Today "], Controls(max_length=3000, seed=7)):  # doctest: +SKIP
     ...     print(out["continuation"][0].decode(), end="", flush=True)
     """
     if not 1 <= chunk <= contract.MAX_NEW_CHARS:
         raise ValueError(f"chunk must be in 1..{contract.MAX_NEW_CHARS}, got {chunk}")
     n = len(prompts)
-    given = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    c = {k: _rows(contract.SERVING_DEFAULTS[k] if v is None else v, n, k) for k, v in given.items()}
+    c = controls.rows(n)
     left = np.asarray(c.pop("max_length"), dtype=np.int64)
-    if (left < 0).any():
-        raise ValueError(contract.MSG_MAX_LENGTH_LOW)
+    # Only the length's sign: the other controls are the signature's to check, in its words.
+    Controls(max_length=left).check(stream=True)
     if n == 0:
         return
     size = np.minimum(left, chunk).astype(np.int32)
@@ -63,16 +51,3 @@ def chunks(predict, prompts, max_length=None, chunk=DEFAULT_CHUNK, temperature=N
         size = np.where(done, 0, np.minimum(left, chunk)).astype(np.int32)
         out = predict("continue", {contract.STATE: out[contract.STATE], "max_length": size, **c})
         yield out
-
-
-def local_predict(loaded):
-    """predict(signature, inputs) over a SavedModel loaded with tf.saved_model.load."""
-    import tensorflow as tf
-
-    def predict(signature, inputs):
-        types = contract.SIGNATURES[signature][0]
-        args = {k: tf.constant(np.asarray(v, dtype=object if types[k] == "string" else tf.as_dtype(types[k])
-                                          .as_numpy_dtype), tf.as_dtype(types[k])) for k, v in inputs.items()}
-        return {k: v.numpy() for k, v in loaded.signatures[signature](**args).items()}
-
-    return predict

@@ -1,2 +1,2 @@
-"""The numeric model: CharRNN (embedding or one-hot, stacked LSTM/GRU, dense logits) and the fused LSTM kernel.
+"""The numeric model: CharRNN (one-hot or embedding, stacked LSTM/GRU, dense logits) and the fused LSTM kernel.
 May import: config."""

@@ -248,23 +248,6 @@ def build(
     return CharRNN(model, stepper, cell, num_layers, units, embed, rnns, head)
 
 
-FUSED_CHOICES = ("auto", "on", "off")
-
-
-def use_fused(choice: str, cell: str, batch_size: int, units: int, weight_drop: float = 0.0,
-              one_hot: bool = False) -> bool:
-    """``--fused-lstm``: on, off, or auto = where fused_lstm.py trained faster than Keras on
-    CPU: batch <= 16 (per-op cost dominates), units >= 256, or one-hot input without
-    dropout (its projection is a gather). With an embedding at larger batches and 128
-    units Keras' oneDNN matmuls win. Weight-drop exists only in the fused kernel, so auto
-    picks it then. The measurements: docs/design.md."""
-    if choice not in FUSED_CHOICES:
-        raise ValueError(f"fused_lstm must be one of {FUSED_CHOICES}, got {choice!r}")
-    if cell != "lstm" or choice == "off":
-        return False
-    return choice == "on" or batch_size <= 16 or units >= 256 or weight_drop > 0 or one_hot
-
-
 def from_config(cfg: dict, vocab_size: int, **overrides) -> CharRNN:
     """Builds the model a run's config.json describes."""
     kw = dict(cell=cfg["cell"], num_layers=cfg["layers"], units=cfg["units"],

@@ -85,8 +85,9 @@ def _backward(dhs, dcs, hs, cs, acts, h0, c0, recurrent, steps):
         dz = tf.concat([dc * g, dc * c_prev_all[t], dc * i, dh * tc], -1) * tf.where(is_g, 1.0 - a * a, a * (1.0 - a))
         return t - 1, tf.matmul(dz, recurrent_t), dc * f, dzs.write(t, dz)
 
-    # The counter starts at steps - 1 (a runtime value): indexing with steps - 1 - k made
-    # XLA take ``steps`` as a compile-time constant, one compilation per sequence length.
+    # The loop's own counter is the time index, counting down from steps - 1 (a runtime
+    # value): an index computed from ``steps`` and an upward counter makes XLA treat ``steps``
+    # as a compile-time constant, one compilation per sequence length.
     init = (steps - 1, tf.zeros_like(h0), tf.zeros_like(c0), dzs)
     _, dh0, dc0, dzs = tf.while_loop(lambda t, *_: t >= 0, body, init, maximum_iterations=size)
     return dzs.stack(), dh0, dc0
@@ -132,7 +133,7 @@ def _gathered_projection(kernel, bias, ids):
         dkernel, dbias = _projection_grads(dxw, ids, kernel.shape[0])
         return dkernel, dbias, None
 
-    return tf.gather(kernel + bias, ids), grad  # the bias added to 84 rows, not to every position
+    return tf.gather(kernel + bias, ids), grad  # the bias added once per vocabulary row, not at every position
 
 
 def lstm(x, h0, c0, kernel, recurrent, bias, lengths, ids=None):

@@ -30,12 +30,13 @@ from tensorflow.python.framework import config as tf_config  # no public disable
 
 from tfchargen import contract
 from tfchargen.common import files
-from tfchargen.savedmodel import locate
-from tfchargen.training import rundir
+from tfchargen.contract import Controls
 from tfchargen.generation import generator as gen_lib
+from tfchargen.generation.generator import ControlTensors
+from tfchargen.savedmodel import locate
 from tfchargen.savedmodel import warmup as warmup_lib
+from tfchargen.training import rundir
 
-SERVING_DEFAULTS = contract.SERVING_DEFAULTS
 VERSION_DIR_PREFIX = files.TMP_PREFIX
 
 @contextlib.contextmanager
@@ -59,19 +60,19 @@ def input_signature(name: str) -> list[tf.TensorSpec]:
             for key, dtype in contract.SIGNATURES[name][0].items()]
 
 
-def signature_functions(g: gen_lib.Generator, defaults: dict):
-    """The three endpoints as tf.functions with input signatures (autograph off)."""
+def signature_functions(g: gen_lib.Generator, defaults: Controls = Controls()):
+    """The endpoints as tf.functions with input signatures (autograph off); ``defaults``
+    (scalars; None = the serving default) are baked into ``serving_default``."""
 
     @tf.function(input_signature=input_signature("generate"), autograph=False)
     def generate(prompt, max_length, temperature, top_k, top_p, seed):
-        return g.generate(prompt, max_length, temperature, top_k, top_p, seed)
+        return g.generate(prompt, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     @tf.function(input_signature=input_signature("serving_default"), autograph=False)
     def serving_default(prompt):
-        fill = lambda v, dt: tf.fill(tf.shape(prompt), tf.constant(v, dt))  # noqa: E731
-        return g.generate(prompt, fill(defaults["max_length"], tf.int32),
-                          fill(defaults["temperature"], tf.float32), fill(defaults["top_k"], tf.int32),
-                          fill(defaults["top_p"], tf.float32), fill(defaults["seed"], tf.int64))
+        return g.generate(prompt, ControlTensors(**{
+            name: tf.fill(tf.shape(prompt), tf.constant(value, tf.as_dtype(contract.CONTROL_DTYPES[name])))
+            for name, value in defaults.resolved().items()}))
 
     @tf.function(input_signature=input_signature("score"), autograph=False)
     def score(text):
@@ -79,25 +80,14 @@ def signature_functions(g: gen_lib.Generator, defaults: dict):
 
     @tf.function(input_signature=input_signature("start"), autograph=False)
     def start(prompt, max_length, temperature, top_k, top_p, seed):
-        return g.start(prompt, max_length, temperature, top_k, top_p, seed)
+        return g.start(prompt, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     @tf.function(input_signature=input_signature("continue"), autograph=False)
     def continue_(state_bytes, max_length, temperature, top_k, top_p, seed):
-        return g.continue_(state_bytes, max_length, temperature, top_k, top_p, seed)
+        return g.continue_(state_bytes, ControlTensors(max_length, temperature, top_k, top_p, seed))
 
     return {"serving_default": serving_default, "generate": generate, "score": score, "start": start,
             "continue": continue_}
-
-
-def check_defaults(defaults: dict) -> dict:
-    d = {**SERVING_DEFAULTS, **{k: v for k, v in defaults.items() if v is not None}}
-    if not 0 <= d["max_length"] <= gen_lib.MAX_NEW_CHARS:
-        raise ValueError(f"--max-length must be in 0..{gen_lib.MAX_NEW_CHARS}")
-    if not (d["temperature"] >= 0 and d["temperature"] != float("inf")):
-        raise ValueError("--temperature must be finite and >= 0")
-    if d["top_k"] < 0 or not 0 < d["top_p"] <= 1:
-        raise ValueError("--top-k must be >= 0 and --top-p in (0, 1]")
-    return d
 
 
 def session_loader_check(path: str) -> None:
@@ -118,9 +108,12 @@ def session_loader_check(path: str) -> None:
                 feeds[contract.STATE] = out[contract.STATE]
 
 
-def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print, **defaults) -> str:
-    """Exports the run's model as the next version under ``export_base``; returns its path."""
-    defaults = check_defaults(defaults)
+def export(run_dir: str, export_base: str, jit_compile: bool = False, log=print,
+           defaults: Controls = Controls()) -> str:
+    """Exports the run's model as the next version under ``export_base``; returns its path.
+    ``defaults``: serving_default's controls (scalars); a value out of range is a ValueError
+    with the contract's message."""
+    defaults.check()
     with without_op_determinism():
         return _export(run_dir, export_base, jit_compile, log, defaults)
 

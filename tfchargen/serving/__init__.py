@@ -1,2 +1,2 @@
-"""TF Serving's APIs: `tfchargen serve` (transport, REST, gRPC, versions, batching, :stream) and the clients.
-May import: contract, common, generation.streaming, savedmodel; the clients import no TensorFlow."""
+"""TF Serving's APIs: `tfchargen serve` (transport, REST, gRPC, versions, batching, :stream) and its clients.
+May import: contract, common, generation.streaming, savedmodel (the clients import no TensorFlow)."""

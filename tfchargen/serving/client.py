@@ -4,11 +4,13 @@
     GrpcClient("localhost:8500", "chargen")           PredictionService.Predict
 
 Both have the same methods: ``predict(inputs, signature_name)`` (any signature; inputs are
-lists or numpy arrays batched on dimension 0), ``generate(prompts, ...)`` and
-``score(texts)`` (the SavedModel's signatures), ``stream(prompt, ...)`` (an iterator of text
-chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s ``:stream`` first,
-one request for the whole stream), ``status()``. Outputs are numpy arrays
-like a local SavedModel's ``.numpy()`` results: string tensors as ``bytes`` objects.
+lists or numpy arrays batched on dimension 0), ``generate(prompts, controls)`` and
+``score(texts)`` (the SavedModel's signatures), ``stream(prompt, controls, chunk=...)`` (an
+iterator of text chunks: ``start`` then ``continue``; RestClient asks ``tfchargen serve``'s
+``:stream`` first, one request for the whole stream), ``status()``. ``controls`` is a
+``tfchargen.contract.Controls`` (the sampling controls; unset ones take the serving
+defaults). Outputs are numpy arrays like a local SavedModel's ``.numpy()`` results: string
+tensors as ``bytes`` objects.
 
 Failures raise :class:`ServingError` with the server's own error text (e.g. the
 InvalidArgument a graph raises for ``top_p=2``). Connection failures and UNAVAILABLE
@@ -25,7 +27,6 @@ in ``_bytes``; both are decoded. Only the standard library is used for HTTP
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import random
@@ -36,27 +37,24 @@ import urllib.parse
 
 import numpy as np
 
-from tfchargen.contract import SERVING_DEFAULTS as GENERATE_DEFAULTS
+from tfchargen import contract
+from tfchargen.contract import DEFAULT_CHUNK, Controls
 
-# dtypes of the exported signatures' inputs and outputs (README, "Signature contract").
-_DTYPES = {"prompt": object, "text": object, "max_length": np.int32, "temperature": np.float32,
-           "top_k": np.int32, "top_p": np.float32, "seed": np.int64, "continuation": object,
-           "num_chars": np.int32, "ended_with_eos": bool, "log_prob": np.float32,
-           "nats_per_char": np.float32, "state_bytes": object}
-GENERATE_OUTPUTS = ("text", "continuation", "num_chars", "ended_with_eos", "log_prob")
-SCORE_OUTPUTS = ("nats_per_char", "log_prob", "num_chars")
+# Private names here: helpers of this module's code, not part of the clients' API.
+from tfchargen.serving.json_tensor import as_bytes as _as_bytes
+from tfchargen.serving.json_tensor import from_json as _from_json
+from tfchargen.serving.json_tensor import json_value as _json_value
+from tfchargen.serving.json_tensor import message_json
 
 
-def message_json(message) -> dict:
-    """A proto as TF Serving's REST API writes it (field names as in the .proto)."""
-    from google.protobuf import json_format
+def _numpy_dtype(name: str):
+    """A contract dtype name as numpy's: strings are ``bytes`` objects."""
+    return object if name == "string" else np.dtype(name)
 
-    try:  # protobuf >= 5.26 renamed including_default_value_fields
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
-    except TypeError:
-        return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                         including_default_value_fields=True)
+
+# numpy dtypes of the exported signatures' inputs and outputs, by name (contract.SIGNATURES).
+_DTYPES = {name: _numpy_dtype(dtype) for specs in contract.SIGNATURES.values() for spec in specs
+           for name, dtype in spec.items()}
 
 
 class ServingError(RuntimeError):
@@ -70,12 +68,13 @@ class ServingError(RuntimeError):
         self.retryable = retryable
 
 
-def _as_bytes(value) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, np.bytes_):
-        return bytes(value)
-    return str(value).encode("utf-8")
+def _controls(controls: Controls | None, values: dict) -> Controls:
+    """A call's controls: ``controls`` (or the defaults) with the keyword ``values`` over it;
+    a keyword that names no control is a TypeError, as for any function."""
+    unknown = set(values) - set(contract.CONTROLS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return (controls or Controls()).replace(**values)
 
 
 def _backoff(attempt: int, base: float, cap: float = 2.0) -> float:
@@ -90,37 +89,38 @@ class _Client:
     def predict(self, inputs: dict, signature_name: str = "serving_default") -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def generate(self, prompts, max_length=None, temperature=None, top_k=None, top_p=None, seed=None):
-        """The ``generate`` signature. Each control is a scalar (used for every prompt) or a
-        list with one value per prompt; None takes GENERATE_DEFAULTS."""
+    def generate(self, prompts, controls: Controls | None = None, **control_values):
+        """The ``generate`` signature. The controls come as a ``Controls`` or as keywords
+        (``max_length=60, seed=[1, 2]``; keywords override the ``Controls``' fields). Each is
+        a scalar (used for every prompt) or a list with one value per prompt (the server
+        refuses another number of values); None takes the serving default."""
+        controls = _controls(controls, control_values)
         prompts = [_as_bytes(p) for p in prompts]
         n = len(prompts)
-        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        inputs = {"prompt": prompts}
-        for name, value in controls.items():
-            value = GENERATE_DEFAULTS[name] if value is None else value
-            inputs[name] = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * n
+        inputs = {"prompt": prompts, **controls.rows(n, strict=False)}
         if n == 0:  # TF Serving refuses an empty "instances" list; the answer is known anyway
-            return {k: np.zeros([0], _DTYPES[k]) for k in GENERATE_OUTPUTS}
+            return {k: np.zeros([0], _DTYPES[k]) for k in contract.GENERATE_OUTPUTS}
         return self.predict(inputs, "generate")
 
     def score(self, texts):
         """The ``score`` signature: nats_per_char, log_prob, num_chars per text."""
         texts = [_as_bytes(t) for t in texts]
         if not texts:
-            return {k: np.zeros([0], _DTYPES[k]) for k in SCORE_OUTPUTS}
+            return {k: np.zeros([0], _DTYPES[k]) for k in contract.SCORE_OUTPUTS}
         return self.predict({"text": texts}, "score")
 
-    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+    def stream(self, prompt, controls: Controls | None = None, chunk: int = DEFAULT_CHUNK, **control_values):
         """Iterates over one prompt's text, chunk by chunk (str): the first chunk starts with
         the prompt, ``"".join(...)`` is the whole text. Runs ``start`` and then ``continue``
-        (tfchargen/streaming.py); ``max_length`` may exceed one call's 2048. Every request has
-        this client's timeout and retries: a retried chunk is the same chunk, never repeated text.
+        (tfchargen/generation/streaming.py); the controls as in :meth:`generate`, and
+        ``max_length`` may exceed one call's 2048. Every request has this client's timeout
+        and retries: a retried chunk is the same chunk, never repeated text.
         """
         from tfchargen.generation.streaming import chunks
 
+        controls = _controls(controls, control_values)
         for out in chunks(lambda signature, inputs: self.predict(inputs, signature), [_as_bytes(prompt)],
-                          max_length, chunk, temperature, top_k, top_p, seed):
+                          controls, chunk):
             yield out["text"][0].decode("utf-8")
 
     def close(self):
@@ -134,37 +134,6 @@ class _Client:
 
 
 # --------------------------------------------------------------------------------------- REST
-
-
-def _json_value(value, always_b64: bool):
-    if isinstance(value, (bytes, np.bytes_, str, np.str_)):
-        raw = _as_bytes(value)
-        if not always_b64:
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        return {"b64": base64.b64encode(raw).decode("ascii")}
-    if isinstance(value, (np.floating, float)):
-        return float(value)
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_value(v, always_b64) for v in value]
-    raise TypeError(f"cannot send {type(value).__name__} to TF Serving")
-
-
-def _from_json(value):
-    """A JSON output value -> Python: {"b64": ...} and strings -> bytes, lists recursively."""
-    if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    return value
 
 
 def _column(name: str, values: list) -> np.ndarray:
@@ -331,20 +300,19 @@ class RestClient(_Client):
         """GET /v1/models/NAME[/versions/N]: the GetModelStatusResponse as JSON."""
         return self._request("GET", self._model_url())
 
-    def stream(self, prompt, max_length=None, chunk=32, temperature=None, top_k=None, top_p=None, seed=None):
+    def stream(self, prompt, controls: Controls | None = None, chunk: int = DEFAULT_CHUNK, **control_values):
         """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
         request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
         nor does a model without ``start``/``continue`` (404) or an older server (501); those
         stream through ``start``/``continue`` on ``:predict``, with its per-chunk retries.
         ``:stream`` is retried like any request until its first event arrives; a connection
         lost after that is a ServingError (the text so far has been yielded)."""
+        controls = _controls(controls, control_values)
         if not self.sse:
-            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            yield from super().stream(prompt, controls, chunk)
             return
-        controls = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         inputs = {"prompt": [_json_value(_as_bytes(prompt), self.always_b64)]}
-        inputs.update({k: [_json_value(GENERATE_DEFAULTS[k] if v is None else v, False)]
-                       for k, v in controls.items()})
+        inputs.update({k: [_json_value(v, False)] for k, v in controls.resolved().items()})
         body = {"signature_name": "generate", "inputs": inputs, "chunk": chunk}
         url = self._model_url() + ":stream"
         try:
@@ -352,7 +320,7 @@ class RestClient(_Client):
         except ServingError as e:
             if e.code not in ("HTTP 404", "HTTP 501") or "Servable not found" in str(e):
                 raise
-            yield from super().stream(prompt, max_length, chunk, temperature, top_k, top_p, seed)
+            yield from super().stream(prompt, controls, chunk)
             return
         with resp:
             for event, data in _sse(resp, url):

@@ -1,2 +1,2 @@
-"""Training a run dir: the run dir's layout, losses, optimizers, callbacks, distribution, evaluation.
-May import: config, common, data, model, generation (samples while training)."""
+"""Training a run dir: its layout, losses, optimizers, callbacks, distribution, evaluation.
+May import: contract, config, common, data, model, generation (samples while training)."""

@@ -14,10 +14,9 @@ import keras
 import tensorflow as tf
 
 from tfchargen.common import files
-from tfchargen.training import distribute
-from tfchargen.training import evaluate
-from tfchargen.training import rundir
-from tfchargen.generation.generator import Generator
+from tfchargen.contract import Controls
+from tfchargen.generation.generator import ControlTensors, Generator
+from tfchargen.training import distribute, evaluate, rundir
 
 SAMPLE_PROMPTS = ("Today ", "On Sunday ")
 SAMPLE_TEMPERATURES = (0.0, 0.5, 1.0)
@@ -33,9 +32,9 @@ def sample_table(g: Generator, prompts=SAMPLE_PROMPTS, temperatures=SAMPLE_TEMPE
     """
     rows = [(t, p) for t in temperatures for p in prompts]
     n = len(rows)
-    out = g.generate(tf.constant([p for _, p in rows]), tf.fill([n], max_length),
-                     tf.constant([t for t, _ in rows], tf.float32), tf.zeros([n], tf.int32),
-                     tf.ones([n]), tf.range(1, n + 1, dtype=tf.int64) + 1000 * seed)
+    controls = Controls(max_length=max_length, temperature=[t for t, _ in rows], top_k=0, top_p=1.0,
+                        seed=[1000 * seed + row for row in range(1, n + 1)])
+    out = g.generate(tf.constant([p for _, p in rows]), ControlTensors.of(controls, n))
     return [(t, x.decode("utf-8")) for (t, _), x in zip(rows, out["text"].numpy())]
 
 

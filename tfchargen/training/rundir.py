@@ -101,8 +101,8 @@ def load_trained(run_dir, **overrides):
 
     ``overrides`` go to model.build (e.g. ``use_cudnn=False``).
     """
-    from tfchargen.model import charrnn as model_lib
     from tfchargen.config import DEFAULTS
+    from tfchargen.model import charrnn as model_lib
 
     cfg = {**DEFAULTS, **load_config(run_dir)}
     vocab = load_vocab(run_dir)

@@ -19,16 +19,20 @@ import keras
 import tensorflow as tf
 
 from tfchargen.common import files
-from tfchargen.training import distribute
-from tfchargen.data import pipeline
-from tfchargen.training import rundir
-from tfchargen.data import sources
+from tfchargen.config import DEFAULTS, MODEL_KEYS, use_fused
+from tfchargen.data import pipeline, sources
+from tfchargen.data.vocab import Vocabulary
 from tfchargen.model import charrnn as model_lib
-from tfchargen.training.callbacks import AtomicEpochCheckpoint, Progress, RunCallback, WorkerBackupAndRestore, progress_verbosity
-from tfchargen.config import DEFAULTS, MODEL_KEYS
+from tfchargen.training import distribute, rundir
+from tfchargen.training.callbacks import (
+    AtomicEpochCheckpoint,
+    Progress,
+    RunCallback,
+    WorkerBackupAndRestore,
+    progress_verbosity,
+)
 from tfchargen.training.losses import CharCount, TokenMeanCrossentropy
 from tfchargen.training.optimizers import make_optimizer
-from tfchargen.data.vocab import Vocabulary
 
 
 def _training_batches(setup: distribute.Setup, train_text, vocab, cfg):
@@ -118,38 +122,63 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         log(f"strategy {setup.name}: {setup.num_replicas} replicas, {setup.num_workers} worker(s), "
             f"this is {setup.task}{' (chief)' if setup.is_chief else ''}")
 
-    train_text = sources.load(cfg["train_data"], cfg["field"], cfg["tfds_data_dir"], cfg["description_chars"], cfg["bad_rows"])
+    train_text = sources.load(cfg["train_data"], cfg["field"], cfg["tfds_data_dir"], cfg["description_chars"],
+                              cfg["bad_rows"])
     init_weights = _init_from(cfg) if cfg["init_from"] else None
+    vocab = _vocabulary(cfg, run_dir, out_dir, train_text, init_weights)
+    log(f"vocabulary: {vocab.size} ids ({len(vocab.chars)} characters + <pad> + <eos>)")
+    eval_batches = _eval_batches(cfg, vocab) if cfg["eval_data"] and setup.is_chief else None
+    steps = _steps_per_epoch(cfg, train_text, vocab)
+    batches = _training_batches(setup, train_text, vocab, cfg)
+    rnn = _compiled_model(cfg, setup, vocab, steps, init_weights)
+    verbose = progress_verbosity(verbose)
+    callbacks, run_cb = _callbacks(cfg, setup, run_dir, out_dir, rnn, vocab, eval_batches, log, verbose)
+    rnn.model.fit(batches, epochs=cfg["epochs"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
+    with files.atomic_path(rundir.path(out_dir, rundir.FINAL_WEIGHTS)) as tmp:
+        rnn.model.save_weights(tmp)
+    if not setup.is_chief:
+        return {"chief": False, "task": setup.task, "strategy": setup.name, "num_replicas": setup.num_replicas}
+    return run_cb.history[-1] if run_cb.history else {}
+
+
+def _vocabulary(cfg, run_dir, out_dir, train_text, init_weights) -> Vocabulary:
+    """The run's vocabulary: a resumed run's own, an ``--init-from`` run's (its weights index
+    it), else built from the training text; a new one is written to ``out_dir``."""
     if os.path.exists(rundir.path(run_dir, rundir.VOCAB)):
-        vocab = rundir.load_vocab(run_dir)
-    elif init_weights:  # the weights index the old run's vocabulary: keep it
+        return rundir.load_vocab(run_dir)
+    if init_weights:
         with files.atomic_path(rundir.path(out_dir, rundir.VOCAB)) as tmp:
             shutil.copyfile(rundir.path(cfg["init_from"], rundir.VOCAB), tmp)
-        vocab = rundir.load_vocab(out_dir)
-    else:
-        vocab = Vocabulary.build((t.decode("utf-8", "replace") for t in train_text.as_numpy_iterator()), out_dir)
-    log(f"vocabulary: {vocab.size} ids ({len(vocab.chars)} characters + <pad> + <eos>)")
+        return rundir.load_vocab(out_dir)
+    return Vocabulary.build((t.decode("utf-8", "replace") for t in train_text.as_numpy_iterator()), out_dir)
 
-    eval_batches = None
-    if cfg["eval_data"] and setup.is_chief:  # the chief scores the whole held-out set itself
-        # A title|description run is scored on titles: the part that ends in <eos>.
-        field = cfg["eval_field"] or ("title" if cfg["field"] == "title|description" else cfg["field"])
-        eval_text = sources.load(cfg["eval_data"], field, cfg["tfds_data_dir"], bad_rows=cfg["bad_rows"])
-        eval_batches = pipeline.eval_dataset(eval_text, vocab)
 
-    steps = cfg["steps_per_epoch"]
-    if not steps:  # one pass over the data per epoch
-        steps = sources.count(pipeline.training_dataset(
-            train_text, vocab, mode=cfg["mode"], batch_size=cfg["batch_size"],
-            window=cfg["window"], seed=cfg["seed"], repeat=False))
-        if steps == 0:
-            raise sources.DataError(f"{cfg['train_data']}: no training examples")
-    batches = _training_batches(setup, train_text, vocab, cfg)
+def _eval_batches(cfg, vocab):
+    """The held-out set, batched for evaluation; the chief scores all of it itself."""
+    # A title|description run is scored on titles: the part that ends in <eos>.
+    field = cfg["eval_field"] or ("title" if cfg["field"] == "title|description" else cfg["field"])
+    eval_text = sources.load(cfg["eval_data"], field, cfg["tfds_data_dir"], bad_rows=cfg["bad_rows"])
+    return pipeline.eval_dataset(eval_text, vocab)
 
-    with setup.strategy.scope():  # variables (model, optimizer, metrics) mirrored on every replica
-        fused = model_lib.use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
-                                    cfg["units"], cfg["weight_drop"],
-                                    one_hot=cfg["embedding_dim"] <= 0 and not cfg["dropout"])
+
+def _steps_per_epoch(cfg, train_text, vocab) -> int:
+    """``steps_per_epoch``, or the batches of one pass over the training data."""
+    if cfg["steps_per_epoch"]:
+        return cfg["steps_per_epoch"]
+    steps = sources.count(pipeline.training_dataset(
+        train_text, vocab, mode=cfg["mode"], batch_size=cfg["batch_size"],
+        window=cfg["window"], seed=cfg["seed"], repeat=False))
+    if steps == 0:
+        raise sources.DataError(f"{cfg['train_data']}: no training examples")
+    return steps
+
+
+def _compiled_model(cfg, setup: distribute.Setup, vocab, steps, init_weights):
+    """The CharRNN, compiled under the strategy (its variables mirrored on every replica)."""
+    with setup.strategy.scope():
+        fused = use_fused(cfg["fused_lstm"], cfg["cell"], cfg["batch_size"] // setup.num_replicas,
+                          cfg["units"], cfg["weight_drop"],
+                          one_hot=cfg["embedding_dim"] <= 0 and not cfg["dropout"])
         if cfg["weight_drop"] and cfg["cell"] == "lstm" and (
                 not fused or cfg["recurrent_dropout"] or tf.config.list_logical_devices("GPU")):
             raise ValueError(model_lib.WEIGHT_DROP_NEEDS_FUSED)
@@ -164,7 +193,11 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         )
     if setup.name == "multi-worker":
         distribute.patch_for_multi_worker(rnn.model, setup.strategy)
-    verbose = progress_verbosity(verbose)
+    return rnn
+
+
+def _callbacks(cfg, setup: distribute.Setup, run_dir, out_dir, rnn, vocab, eval_batches, log, verbose):
+    """(the callbacks of fit, the RunCallback that keeps the metrics: None off the chief)."""
     # Order matters at the end of an epoch: the bar ends its line, then the summary and
     # metrics.json are written, then the backup (a kill in between retrains the epoch).
     callbacks = [Progress()] if verbose else []
@@ -182,10 +215,4 @@ def _train(cfg, run_dir, out_dir, setup, log, verbose):
         AtomicEpochCheckpoint(rundir.path(out_dir, rundir.CHECKPOINTS)),
         keras.callbacks.TensorBoard(rundir.path(out_dir, rundir.LOGS), update_freq="epoch"),
     ]
-    rnn.model.fit(batches, epochs=cfg["epochs"], steps_per_epoch=steps, callbacks=callbacks, verbose=verbose)
-    with files.atomic_path(rundir.path(out_dir, rundir.FINAL_WEIGHTS)) as tmp:
-        rnn.model.save_weights(tmp)
-    if not setup.is_chief:
-        return {"chief": False, "task": setup.task, "strategy": setup.name, "num_replicas": setup.num_replicas}
-    return run_cb.history[-1] if run_cb.history else {}
-
+    return callbacks, run_cb
