@@ -24,9 +24,19 @@ import sys
 import tempfile
 
 import pytest
+from helpers import (
+    C_DIR,
+    DATA,
+    GO_DIR,
+    HELDOUT,
+    TINY_SERVING_DEFAULTS,
+    TRAIN,
+    Background,
+    cli_command,
+    cli_env,
+    skip_or_fail,
+)
 
-from helpers import (C_DIR, DATA, GO_DIR, HELDOUT, TINY_SERVING_DEFAULTS, TRAIN, Background, cli_command, cli_env,
-                     skip_or_fail)
 from tfchargen.savedmodel.locate import versions
 
 # Fixture name -> why a test using it is slow.

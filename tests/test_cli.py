@@ -5,15 +5,13 @@ import os
 import sys
 
 import pytest
+from helpers import HELDOUT, ROOT, Concurrent, run_together
 
 import tfchargen
+from tfchargen import config, contract
 from tfchargen.cli import app as cli
-from tfchargen import config
-from tfchargen import contract
 from tfchargen.config import DEFAULTS
 from tfchargen.contract import SERVING_DEFAULTS
-
-from helpers import HELDOUT, ROOT, Concurrent, run_together
 
 
 def errors(capsys, *argv):
@@ -139,7 +137,8 @@ def python(code, timeout=300):
 
 NO_TENSORFLOW = ("import sys\n"
                  "from tfchargen import cli\n"
-                 "codes = [cli.main(['--help']), cli.main(['generate', '--help']), cli.main(['train', '--epochs', '0']),\n"
+                 "codes = [cli.main(['--help']), cli.main(['generate', '--help']),\n"
+                 "         cli.main(['train', '--epochs', '0']),\n"
                  "         cli.main(['generate', '--server', 'http://127.0.0.1:1', '--timeout', '1'])]\n"
                  "print(codes, 'tensorflow' in sys.modules, 'numpy' in sys.modules)")
 HEAVY = ["tensorflow_datasets", "tfchargen.training.train", "tfchargen.savedmodel.export", "tfchargen.model.charrnn",
@@ -183,7 +182,8 @@ def test_help_and_errors_are_quiet_and_first(runs):
     # Refused before the model loads.
     r = refused
     assert r.returncode == 2
-    assert r.stderr.splitlines() == [f"tfchargen generate: error: argument --max-length: {contract.MSG_MAX_LENGTH_HIGH}"]
+    want = f"tfchargen generate: error: argument --max-length: {contract.MSG_MAX_LENGTH_HIGH}"
+    assert r.stderr.splitlines() == [want]
     # Found after TensorFlow has started: still the first and only line.
     r = missing
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr[-2000:]

@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from faults import INJECTED, FaultProxy
 from helpers import run_clis
+
 from tfchargen import contract
 from tfchargen.contract import Controls
 from tfchargen.serving import client as client_lib

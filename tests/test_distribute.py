@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, Background, run_cli
 
 pytestmark = pytest.mark.slow
@@ -106,7 +105,7 @@ def started(tmp_path_factory, data_path):
 def default_and_mirrored(started):
     """The run dirs of the default and the mirrored run, by name."""
     procs = started["procs"]
-    for job, (out, err) in zip(procs, _finish(procs, timeout=420)):
+    for job, (_, err) in zip(procs, _finish(procs, timeout=420)):
         assert job.proc.returncode == 0, err[-3000:]
     return {name: d for name, (d, _) in started["runs"].items()}
 
@@ -150,7 +149,7 @@ def test_two_workers_on_loopback(started, capsys):
     workers = started["workers"]
     procs, run_dir, export, temps = (workers[k] for k in ("procs", "run_dir", "export", "temps"))
     outs = _finish(procs, timeout=420)
-    for job, (out, err) in zip(procs, outs):
+    for job, (_, err) in zip(procs, outs):
         assert job.proc.returncode == 0, err[-3000:]
     chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert other["chief"] is False and "export" not in other

@@ -9,6 +9,7 @@ import pytest
 
 import tfchargen
 
+
 def _runs_examples(source: str) -> bool:
     """Whether a module's docstrings hold an example doctest runs (not all ``+SKIP``)."""
     parser = doctest.DocTestParser()

@@ -1,18 +1,16 @@
 """The exported SavedModel: reloaded in fresh processes, session loader, sampling contract."""
 
 import json
-import math
 import os
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import HELDOUT, Background, cli_command, cli_env
-from tfchargen import contract
-from tfchargen.savedmodel import export as export_lib
+
 from tfchargen.generation import generator as gen_lib
+from tfchargen.savedmodel import export as export_lib
 from tfchargen.savedmodel import locate
 from tfchargen.training import rundir
 from tfchargen.training.losses import TokenMeanCrossentropy

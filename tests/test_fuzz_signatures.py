@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 
+import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import ROOT, Background
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
-from helpers import ROOT, Background
 from tfchargen.generation.seeds import row_seed
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers import C_DIR, Background, cli_command, cli_env
+
 from tfchargen import contract
 from tfchargen.generation import seeds
 
@@ -158,7 +158,7 @@ def run_many_binaries(runs, timeout=180):
                 results[-1].append(subprocess.CompletedProcess(args, p.returncode, out, err))
         return results
     finally:
-        for args, p in [x for ps in procs for x in ps]:  # after a timeout: none is left running
+        for _, p in [x for ps in procs for x in ps]:  # after a timeout: none is left running
             if p.poll() is None:
                 p.kill()
                 p.communicate()

@@ -2,14 +2,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import TRAIN
-from tfchargen.model import fused_lstm
-from tfchargen.model import charrnn as model_lib
-from tfchargen.data import pipeline
-from tfchargen.data import sources
-from tfchargen.training.losses import TokenMeanCrossentropy
+
+from tfchargen.data import pipeline, sources
 from tfchargen.data.vocab import Vocabulary
+from tfchargen.model import charrnn as model_lib
+from tfchargen.model import fused_lstm
+from tfchargen.training.losses import TokenMeanCrossentropy
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +145,7 @@ def test_weight_drop_is_dropconnect_on_the_recurrent_kernel(vocab):
     p = 0.5
     dropped = model_lib.build(vocab.size, units=16, fused=True, weight_drop=p)
     plain = model_lib.build(vocab.size, units=16, fused=False)
-    for a, b in zip(dropped.model.weights, plain.model.weights):
+    for a in dropped.model.weights:
         a.assign(tf.random.normal(a.shape, stddev=0.3, seed=4))
     x = vocab.encode(tf.constant(list(sources.load(TRAIN).take(4).as_numpy_iterator()))).to_tensor()
     recurrent = dropped.rnns[0].cell.recurrent_kernel

@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import Background, cli_command, cli_env
+
 from tfchargen.generation import seeds
 
 ROWS, CHARS = 8, 40

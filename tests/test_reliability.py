@@ -26,8 +26,8 @@ import threading
 import time
 
 import pytest
-
 from helpers import DATA, ROOT, Concurrent, run_cli
+
 from tfchargen.cli import app as cli
 from tfchargen.data import sources
 from tfchargen.savedmodel.locate import load_savedmodel, versions

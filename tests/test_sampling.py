@@ -5,10 +5,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfchargen.model import charrnn as model_lib
-from tfchargen.generation.generator import ControlTensors, Generator
-from tfchargen.generation.sampling import NEG_INF, Categorical, TopK, TopP, apply_filters, inverse_cdf, row_key, seeded_uniform
 from tfchargen.data.vocab import Vocabulary
+from tfchargen.generation.generator import ControlTensors, Generator
+from tfchargen.generation.sampling import (
+    NEG_INF,
+    Categorical,
+    TopK,
+    TopP,
+    apply_filters,
+    inverse_cdf,
+    row_key,
+    seeded_uniform,
+)
+from tfchargen.model import charrnn as model_lib
 
 
 def random_log_probs(rows, vocab, seed):

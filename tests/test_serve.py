@@ -21,14 +21,14 @@ import urllib.parse
 import urllib.request
 from concurrent import futures
 
+import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import ROOT, run_clis, skip_or_fail
 from tensorflow.core.framework import types_pb2
 
-import fuzz_server  # tests/fuzz is on pytest's pythonpath (pyproject.toml)
-from helpers import ROOT, run_clis, skip_or_fail
 from tfchargen import contract
 from tfchargen.contract import Controls
 from tfchargen.savedmodel import warmup as warmup_lib
@@ -444,7 +444,7 @@ def test_stream_events_concatenate_to_generate_for_rows_and_columns(server, load
         status, ctype, events = sse(body, url)
         assert status == 200 and ctype.startswith("text/event-stream"), (status, events)
         assert [e for e, _ in events[-3:]] == ["done"] * 3  # the totals come last
-        for (text, continuation, data, done), w, r in zip(by_row(events, 3), want, rows):
+        for (text, continuation, data, done), w in zip(by_row(events, 3), want):
             assert text == w["text"].decode() and continuation == w["continuation"].decode()
             assert len(data) == -(-w["num_chars"] // 7) and all(d["num_chars"] <= 7 for d in data)
             assert done["num_chars"] == w["num_chars"] and done["ended_with_eos"] == w["ended_with_eos"]

@@ -8,9 +8,8 @@ result is recorded in benchmarks/results/soak.json.
 
 import os
 
-import pytest
-
 import fuzz_signatures as fz  # tests/fuzz, on the path by pyproject.toml's pythonpath
+import pytest
 import soak
 
 

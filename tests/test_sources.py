@@ -1,10 +1,9 @@
 import time
 
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
-
 from helpers import DATA, HELDOUT, TRAIN
+
 from tfchargen.data import sources
 
 

@@ -12,14 +12,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import ROOT, Background, cli_command, cli_env, run_cli
 from tensorflow.core.framework import tensor_pb2
 
-from helpers import ROOT, Background, cli_command, cli_env, run_cli
-from tfchargen import config
-from tfchargen import contract
+from tfchargen import config, contract
+from tfchargen.data.vocab import Vocabulary
 from tfchargen.generation import generator as gen_lib
 from tfchargen.model import charrnn as model_lib
-from tfchargen.data.vocab import Vocabulary
 
 TEXT = "Today the quick brown fox jumps over the lazy dog! 0123456789,.-'\"?"
 PROMPTS = ["Today ", "", "fox", "x" * 30, "On Sunday "]
@@ -224,7 +223,8 @@ def test_tampered_and_foreign_states_are_invalid_argument(gen, tmp_path):
     bigger = gen_lib.Generator(*reversed(random_model(tmp_path / "b", units=24)))
     retrained = gen_lib.Generator(*reversed(random_model(tmp_path / "r", seed=2)))  # same shapes
     other_vocab = gen_lib.Generator(*reversed(random_model(tmp_path / "v", text=TEXT + "XYZ")))
-    for name, g, msg in (("bigger", bigger, contract.MSG_STATE_SIZE), ("retrained", retrained, contract.MSG_STATE_MODEL),
+    for name, g, msg in (("bigger", bigger, contract.MSG_STATE_SIZE),
+                         ("retrained", retrained, contract.MSG_STATE_MODEL),
                          ("other vocab", other_vocab, contract.MSG_STATE_SIZE)):
         cases.append((name, numpy(g.start(tf.constant(["Today "]), control_tensors(1, 3)))[contract.STATE][0], msg))
     for name, bad, msg in cases:
@@ -240,7 +240,8 @@ def test_continue_checks_its_controls_and_takes_an_empty_batch(gen):
         gen.continue_(tf.constant(state), control_tensors(1, max_length=contract.MAX_NEW_CHARS + 1))
     with pytest.raises(tf.errors.InvalidArgumentError, match="one value per prompt"):
         gen.continue_(tf.constant(state), control_tensors(2))
-    empty = numpy(gen.continue_(tf.constant([], tf.string), gen_lib.ControlTensors(*(v[:0] for v in control_tensors(1)))))
+    no_rows = gen_lib.ControlTensors(*(v[:0] for v in control_tensors(1)))
+    empty = numpy(gen.continue_(tf.constant([], tf.string), no_rows))
     assert all(v.shape == (0,) for v in empty.values())
 
 

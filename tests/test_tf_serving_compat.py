@@ -16,8 +16,8 @@ import sys
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
-
 from helpers import ROOT
+
 from tfchargen.savedmodel import warmup as warmup_lib
 
 SIGNATURES = ("serving_default", "generate", "score", "start", "continue")

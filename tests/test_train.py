@@ -12,8 +12,8 @@ import time
 
 import pytest
 import tensorflow as tf
-
 from helpers import DATA, HELDOUT, ROOT, TRAIN, Concurrent, run_cli, run_clis
+
 from tfchargen import config
 from tfchargen.data import sources
 from tfchargen.data.vocab import normalize_py
@@ -91,8 +91,9 @@ def test_evaluate_agrees_with_training_metrics(tiny_run, tiny_run_heldout):
     assert out["nats_per_char"] == pytest.approx(metrics[-1]["eval_nats_per_char"], rel=1e-5)
     assert out["perplexity"] == pytest.approx(math.exp(out["nats_per_char"]))
     # Every known character of each held-out title is one target (n-1 chars + <eos>).
-    from tfchargen.data.vocab import Vocabulary
     import tensorflow as tf
+
+    from tfchargen.data.vocab import Vocabulary
     vocab = Vocabulary(str(tiny_run / "vocab.txt"))
     held = [t for t in sources.load(HELDOUT).as_numpy_iterator()]
     lengths = vocab.encode(tf.constant(held)).row_lengths().numpy()
@@ -202,7 +203,6 @@ def test_presets_name_real_settings_and_the_two_stage_recipe_fits_together():
     """Every preset key is a train setting (a typo would be silently ignored), and the
     fine-tuning preset builds the same model as the pretraining one, which --init-from
     requires: the README's two-command recipe must run as written."""
-    from tfchargen.training import train as train_lib
 
     for name, preset in config.PRESETS.items():
         assert set(preset) <= set(config.DEFAULTS), (name, set(preset) - set(config.DEFAULTS))

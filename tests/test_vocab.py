@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -16,7 +15,8 @@ def test_file_format_and_round_trip(vocab, tmp_path):
     chars = lines[1:-2]
     assert chars == sorted(set("Today is coldZoë's café: 10€"))  # sorted by code point
     again = Vocabulary(str(tmp_path / "vocab.txt"))
-    assert list(again.chars) == chars and again.chars == vocab.chars and again.size == len(chars) + 2 and again.eos_id == len(chars) + 1
+    assert list(again.chars) == chars and again.chars == vocab.chars
+    assert again.size == len(chars) + 2 and again.eos_id == len(chars) + 1
 
 
 def test_both_tables(vocab):

@@ -72,13 +72,15 @@ def _case(rng: random.Random, model: str, limit: int) -> tuple[str, str, bytes, 
         inputs["prompt"] = ["a", "b"]
         return kind, path, json.dumps({"signature_name": "generate", "inputs": inputs}).encode(), {400}
     if kind == "unknown":
-        path, status = rng.choice([(f"/v1/models/no-{model}:predict", 404), (f"/v1/models/{model}/versions/999:predict", 404),
+        path, status = rng.choice([(f"/v1/models/no-{model}:predict", 404),
+                                   (f"/v1/models/{model}/versions/999:predict", 404),
                                    (f"/v1/models/{model}:classify", 404), ("/v2/x", 404),
                                    (path, 400)])  # the last: an unknown signature (FAILED_PRECONDITION)
         return kind, path, json.dumps({"signature_name": "nope", "instances": ["a"]}).encode(), {status}
     if kind == "too_big":
         return kind, path, b"", {413}  # sent with a Content-Length over the limit (see fuzz())
-    return kind, path, json.dumps({"inputs": {"prompt": rng.choice([[1, 2], [[b"x".hex()]], 7, [None]])}}).encode(), {400}
+    prompt = rng.choice([[1, 2], [[b"x".hex()]], 7, [None]])
+    return kind, path, json.dumps({"inputs": {"prompt": prompt}}).encode(), {400}
 
 
 def _post(url, path: str, body: bytes, content_length: int | None = None, timeout=60.0):
@@ -124,7 +126,8 @@ def fuzz(url: str, model: str = "chargen", cases: int = 1000, seed: int = 0, bod
                 first = reply.split(b"\r\n")[0].split(b" ")
                 ok = reply == b"" or first[0].startswith(b"HTTP/") and first[1][:1] == b"4" and b'{"error": ' in reply
             elif kind == "hangup_mid_body":
-                _raw(u, f"POST /v1/models/{model}:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{{".encode(), read=False)
+                head = f"POST /v1/models/{model}:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{{"
+                _raw(u, head.encode(), read=False)
                 ok = True
             else:
                 _raw(u, f"POST /v1/models/{model}:predict HTTP/1.1\r\nContent-Length: {len(good_body)}\r\n\r\n".encode()
@@ -145,8 +148,8 @@ def fuzz(url: str, model: str = "chargen", cases: int = 1000, seed: int = 0, bod
         counts[kind] += 1
         statuses[str(status)] += 1
         if not ok and len(violations) < 20:
-            violations.append({"case": i, "kind": kind, "status": str(status), "reply": reply[:300].decode("utf-8", "replace")
-                               if isinstance(reply, bytes) else str(reply)})
+            shown = reply[:300].decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+            violations.append({"case": i, "kind": kind, "status": str(status), "reply": shown})
         if not ok:
             counts["violations"] += 1
         status, reply = _post(u, f"/v1/models/{model}:predict", good_body)  # the next good request

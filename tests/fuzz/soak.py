@@ -23,9 +23,8 @@ import sys
 import threading
 import time
 
-import numpy as np
-
 import fuzz_signatures as fz  # beside this file: on sys.path when run as a script, and in pytest
+import numpy as np
 
 PROMPTS = [b"Today ", b"On Sunday ", b"", b"Stocks rise as oil falls", "Zürich 😀 日本".encode(), b"\xff\xfeab",
            b"Google IPO " * 30, b"a\x00b", "e\u0301".encode() * 20, b"Red Sox"]
