@@ -34,6 +34,14 @@ class Stopped(Exception):
     """A request submitted after :meth:`Batcher.stop` (the server answers UNAVAILABLE)."""
 
 
+class QueueFull(Stopped):
+    """A request refused because ``max_enqueued_batches`` batches wait already (UNAVAILABLE)."""
+
+
+# TensorFlow's shared_batch_scheduler.h message for a full queue (an Unavailable status).
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+
+
 def bucket_of(max_length: int) -> int:
     """The batching bucket of a request whose longest row asks for ``max_length`` characters.
 
@@ -81,6 +89,12 @@ class Batcher:
         timeout_s: the longest a request waits for others to join its batch.
         threads: batches executing at once.
         bucket: ``bucket(inputs) -> int``; requests of different buckets never share a batch.
+        max_enqueued_batches: at most this many batches wait (counted as TF Serving counts
+            them: ``max_batch`` rows each, per bucket); a request beyond is refused at once with
+            :class:`QueueFull` (None = no bound).
+        allowed_batch_sizes: a call's rows are padded (copies of its first row, outputs
+            dropped) up to the smallest of these that holds them (TF Serving's
+            BatchingSession); empty = no padding.
 
     >>> b = Batcher(lambda x: {"y": x["x"] * 2}, max_batch=8, timeout_s=0.002)
     >>> b.submit({"x": np.array([1, 2])}).result()["y"].tolist()
@@ -89,8 +103,10 @@ class Batcher:
     """
 
     def __init__(self, fn, max_batch: int, timeout_s: float, threads: int = 2, bucket=lambda inputs: 0,
-                 name: str = "batcher"):
+                 name: str = "batcher", max_enqueued_batches: int | None = None, allowed_batch_sizes=()):
         self.fn, self.max_batch, self.timeout_s, self.bucket = fn, max_batch, timeout_s, bucket
+        self.max_enqueued_batches, self.allowed_batch_sizes = max_enqueued_batches, tuple(allowed_batch_sizes)
+        self._direct = 0  # requests of max_batch rows or more, waiting for a thread of their own
         self._queues: dict[int, collections.deque] = collections.defaultdict(collections.deque)
         self._cv = threading.Condition()
         self._free = threading.Semaphore(threads)
@@ -106,12 +122,29 @@ class Batcher:
         with self._cv:
             if self._stopping:
                 raise Stopped("the server is shutting down")
-            if task.rows == 0 or task.rows >= self.max_batch:  # nothing to merge it with
-                self._pool.submit(self._run, [task])
+            key = self.bucket(inputs) if 0 < task.rows < self.max_batch else None
+            if self._full(key, task.rows):
+                raise QueueFull(QUEUE_FULL)
+            if key is None:  # nothing to merge it with
+                self._direct += 1
+                self._pool.submit(self._run, [task], False, True)
                 return task.future
-            self._queues[self.bucket(inputs)].append(task)
+            self._queues[key].append(task)
             self._cv.notify()
         return task.future
+
+    def _full(self, key, rows: int) -> bool:
+        """Whether a request of ``rows`` rows for bucket ``key`` (None: a batch of its own)
+        would make more than ``max_enqueued_batches`` batches wait (call with the lock held)."""
+        if self.max_enqueued_batches is None:
+            return False
+        batches = self._direct + (key is None)
+        for k, queue in self._queues.items():
+            queued = sum(t.rows for t in queue) + (rows if k == key else 0)
+            batches += -(-queued // self.max_batch)
+        if key is not None and key not in self._queues:
+            batches += 1
+        return batches > self.max_enqueued_batches
 
     def stop(self) -> None:
         """Runs what is queued, then stops."""
@@ -163,7 +196,10 @@ class Batcher:
                 return
             self._pool.submit(self._run, batch, True)
 
-    def _run(self, batch: list[_Task], release: bool = False) -> None:
+    def _run(self, batch: list[_Task], release: bool = False, direct: bool = False) -> None:
+        if direct:
+            with self._cv:
+                self._direct -= 1
         try:
             if len(batch) == 1:
                 self._call_alone(batch[0])
@@ -172,7 +208,7 @@ class Batcher:
             merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in names}
             rows = sum(t.rows for t in batch)
             try:
-                out = self.fn(merged)
+                out = self._call(merged, rows)
             except Exception:  # e.g. one request's bad control: each request gets its own answer
                 for task in batch:
                     self._call_alone(task)
@@ -188,10 +224,19 @@ class Batcher:
 
     def _call_alone(self, task: _Task) -> None:
         try:
-            task.future.set_result(self.fn(task.inputs))
+            task.future.set_result(self._call(task.inputs, task.rows))
             self._count(task.rows)
         except Exception as e:
             task.future.set_exception(e)
+
+    def _call(self, inputs: dict, rows: int) -> dict:
+        """``fn(inputs)``, its rows padded up to the next allowed batch size (if any)."""
+        size = next((s for s in self.allowed_batch_sizes if s >= rows), rows)
+        if size == rows or rows == 0:
+            return self.fn(inputs)
+        index = np.concatenate([np.arange(rows), np.zeros(size - rows, np.int64)])
+        out = self.fn({k: v[index] for k, v in inputs.items()})
+        return {k: v[:rows] for k, v in out.items()}
 
     def _count(self, rows: int) -> None:
         with self._cv:

@@ -15,14 +15,23 @@ from tfchargen.serving.errors import ServerError, log
 from tfchargen.serving.servable import Servable
 
 
+def not_found(name: str, version: int | None) -> ServerError:
+    """TF Serving's NOT_FOUND for a model or version it does not serve."""
+    which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+    return ServerError("NOT_FOUND", f"Servable not found for request: {which}")
+
+
 class ModelManager:
     """The served versions of one model: loads, warms up, switches and unloads them.
 
     Args:
         base: an export base (``models/chargen``) or a single version's directory.
         name: the model name clients ask for.
-        policy: "latest", "all" or a tuple of version numbers (``--versions``).
-        servable_kwargs: passed to :class:`Servable` (batching).
+        policy: "latest" (= ("latest", 1)), ("latest", n), "all" or a tuple of version
+            numbers (``--versions``, model_version_policy).
+        labels: version_labels, {label: version}: requests may name a version by label.
+        warmup: replay each version's warmup records before it serves.
+        servable_kwargs: passed to :class:`Servable` (batching, xla).
 
     >>> m = ModelManager("models/chargen", "chargen").load_initial()  # doctest: +SKIP
     >>> m.get(None).version  # doctest: +SKIP
@@ -30,8 +39,11 @@ class ModelManager:
     """
 
     def __init__(self, base: str, name: str, policy="latest", poll_seconds: float = POLL_SECONDS,
-                 **servable_kwargs):
-        self.base, self.name, self.policy, self.poll_seconds = base, name, policy, poll_seconds
+                 labels: dict | None = None, warmup: bool = True, **servable_kwargs):
+        self.base, self.name, self.poll_seconds = base, name, poll_seconds
+        self.policy = ("latest", 1) if policy == "latest" else policy
+        self.labels = dict(labels or {})  # version_labels: label -> version
+        self.warmup = warmup  # replay assets.extra/tf_serving_warmup_requests (--enable_model_warmup)
         self.servable_kwargs = servable_kwargs
         self.single = os.path.exists(os.path.join(base, "saved_model.pb"))
         self._servables: dict[int, Servable] = {}
@@ -41,29 +53,34 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread = None
 
+    @property
+    def latest(self) -> int:
+        """n of a ``latest { num_versions: n }`` policy, else 0."""
+        return self.policy[1] if isinstance(self.policy, tuple) and self.policy[0] == "latest" else 0
+
     def _wanted(self) -> dict[int, str]:
         if self.single:
             name = os.path.basename(os.path.normpath(self.base))
             return {int(name) if name.isdigit() else 1: self.base}
         found = locate.complete_versions(self.base)
-        if self.policy == "latest":
-            ok = sorted(v for v in found if v not in self._failed)
-            return {ok[-1]: found[ok[-1]]} if ok else {}
         if self.policy == "all":
             return found
+        if self.latest:
+            ok = sorted(v for v in found if v not in self._failed)[-self.latest:]
+            return {v: found[v] for v in ok}
         return {v: p for v, p in found.items() if v in self.policy}
 
     def poll(self) -> None:
-        """One pass: load wanted versions that are not loaded, unload the others."""
+        """One pass: load wanted versions that are not loaded, unload the others. With a
+        ``latest`` policy, versions go only once a newer wanted one is serving (TF Serving's
+        AvailabilityPreservingPolicy)."""
         wanted = self._wanted()
         for version in sorted(set(wanted) - set(self._servables) - self._failed):
             self._load(version, wanted[version])
-        if self.policy == "latest":  # keep the newest that loaded
-            wanted = dict(sorted((v, p) for v, p in wanted.items() if v in self._servables)[-1:]) or \
-                dict(sorted(self._servables.items())[-1:])
-        for version in sorted(set(self._servables) - set(wanted)):
-            if self.policy == "latest" and not (set(wanted) & set(self._servables)):
-                continue  # nothing newer loaded: keep serving what we have
+        keep = set(wanted) & set(self._servables)
+        if self.latest and not keep and self._servables:
+            keep = {max(self._servables)}  # nothing wanted loaded: keep serving the newest we have
+        for version in sorted(set(self._servables) - keep):
             self._unload(version)
         still_there = set(locate.complete_versions(self.base))
         self._failed &= still_there | ({next(iter(wanted))} if self.single and wanted else set())
@@ -74,7 +91,7 @@ class ModelManager:
         t = time.monotonic()
         try:
             servable = Servable(path, version, **self.servable_kwargs)
-            replayed = servable.warm_up()
+            replayed = servable.warm_up() if self.warmup else 0
         except Exception as e:  # a damaged or foreign version: report it, keep serving the others
             from tfchargen.common.errors import one_line
 
@@ -106,7 +123,7 @@ class ModelManager:
         return self
 
     def start_polling(self) -> None:
-        if self.single:
+        if self.single or self.poll_seconds <= 0:  # 0: versions are looked for at start only
             return
 
         def loop():
@@ -129,26 +146,43 @@ class ModelManager:
         with self._lock:
             return dict(self._servables)
 
-    def get(self, name: str, version: int | None) -> Servable:
+    def version_of(self, label: str) -> int:
+        """The version a label names (ServerCore::GetModelVersionForLabel's error otherwise)."""
+        if label not in self.labels:
+            raise ServerError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+        return self.labels[label]
+
+    def check_labels(self) -> None:
+        """ServerCore's check when a config is applied: each label names an AVAILABLE version."""
+        with self._lock:
+            available = set(self._servables)
+        for label, version in sorted(self.labels.items()):
+            if version not in available:
+                raise ValueError(f"Request to assign label to version {version} of model {self.name}, which is "
+                                 f"not currently available for inference (version_labels {{ key: {label!r} }})")
+
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        if label is not None and name == self.name:
+            version = self.version_of(label)
         with self._lock:
             if name == self.name:
                 if version is None and self._servables:
                     return self._servables[max(self._servables)]
                 if version in self._servables:
                     return self._servables[version]
-        which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-        raise ServerError("NOT_FOUND", f"Servable not found for request: {which}")
+        raise not_found(name, version)
 
-    def status(self, name: str, version: int | None):
+    def status(self, name: str, version: int | None = None, label: str | None = None):
         """A GetModelStatusResponse (every known version, or the one asked for)."""
         from tensorflow_serving.apis import get_model_status_pb2
 
+        if label is not None and name == self.name:
+            version = self.version_of(label)
         with self._lock:
             states = dict(self._states)
         if name != self.name or (version is not None and version not in states):
-            which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}" if version is None
-                              else f"Servable not found for request: {which}")
+            raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}") if version is None \
+                else not_found(name, version)
         reply = get_model_status_pb2.GetModelStatusResponse()
         enum = get_model_status_pb2.ModelVersionStatus.State
         for v in sorted(states, reverse=True):
@@ -161,11 +195,11 @@ class ModelManager:
                 status.status.error_message = message
         return reply
 
-    def metadata(self, name: str, version: int | None):
+    def metadata(self, name: str, version: int | None = None, label: str | None = None):
         """A GetModelMetadataResponse with the version's signature_def."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        servable = self.get(name, version)
+        servable = self.get(name, version, label)
         reply = get_model_metadata_pb2.GetModelMetadataResponse()
         reply.model_spec.name = name
         reply.model_spec.version.value = servable.version

@@ -18,15 +18,47 @@ BATCHED_SIGNATURES = ("serving_default", "generate")
 STREAM_SIGNATURES = ("start", "continue")
 
 
-def signature_def_map(path: str):
-    """The SavedModel's SignatureDefMap (the ``serve`` MetaGraph), as TF Serving reports it."""
+XLA_FLAG = "--xla_cpu_compilation_enabled"
+
+
+def serve_meta_graph(path: str):
+    """The SavedModel's ``serve`` MetaGraphDef."""
     from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2
 
     sm = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         sm.ParseFromString(f.read())
     (meta,) = [m for m in sm.meta_graphs if "serve" in m.meta_info_def.tags]
+    return meta
+
+
+def xla_functions(meta) -> list[str]:
+    """The functions of a MetaGraphDef that must be compiled with XLA (``jit_compile=True``:
+    the ``_XlaMustCompile`` attribute, on the function or on a node that calls one)."""
+    def must(attrs) -> bool:
+        return "_XlaMustCompile" in attrs and attrs["_XlaMustCompile"].b
+
+    found = [f.signature.name for f in meta.graph_def.library.function if must(f.attr)]
+    nodes = [n for f in meta.graph_def.library.function for n in f.node_def] + list(meta.graph_def.node)
+    found += [n.attr["f"].func.name for n in nodes if must(n.attr) and "f" in n.attr]
+    return sorted(set(found))
+
+
+def check_xla(path: str, meta, xla_enabled: bool) -> None:
+    """Refuses a version that needs XLA when XLA JIT is off, as ``tensorflow_model_server`` is
+    without ``--xla_cpu_compilation_enabled`` (it disables XLA compilation at start)."""
+    needed = xla_functions(meta)
+    if needed and not xla_enabled:
+        raise RuntimeError(f"{path} requires XLA compilation ({len(needed)} jit_compile functions, e.g. "
+                           f"{needed[0]}), which is disabled: start the server with {XLA_FLAG}=true "
+                           f"(TF Serving marks it experimental) or export without --xla")
+
+
+def signature_def_map(path: str, meta=None):
+    """The SavedModel's SignatureDefMap (the ``serve`` MetaGraph), as TF Serving reports it."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    meta = meta or serve_meta_graph(path)
     out = get_model_metadata_pb2.SignatureDefMap()
     for key, sig in meta.signature_def.items():
         out.signature_def[key].CopyFrom(sig)
@@ -39,24 +71,28 @@ class Servable:
     Args:
         path: the version's directory.
         version: its number.
-        max_batch, batch_timeout_s, batch_threads: request batching (batching.py;
-            ``max_batch`` 1 = off).
+        max_batch, batch_timeout_s, batch_threads, max_enqueued_batches, allowed_batch_sizes:
+            request batching (batching.py; ``max_batch`` 1 = off).
+        xla: whether versions that need XLA (``jit_compile``) may load (``--xla_cpu_compilation_enabled``).
 
     >>> s = Servable("models/chargen/1", 1)  # doctest: +SKIP
     >>> s.predict("generate", {"prompt": np.array([b"Today "], object), ...})  # doctest: +SKIP
     """
 
     def __init__(self, path: str, version: int, max_batch: int = 64, batch_timeout_s: float = DEFAULT_TIMEOUT_MS / 1000,
-                 batch_threads: int = 2):
+                 batch_threads: int = 2, max_enqueued_batches: int | None = None, allowed_batch_sizes=(),
+                 xla: bool = True):
         import tensorflow as tf
 
         self.tf = tf
         self.path, self.version = path, version
+        meta = serve_meta_graph(path)
+        check_xla(path, meta, xla)
         self.loaded = tf.saved_model.load(path)
         self.signatures = dict(self.loaded.signatures)
         self.inputs = {name: {k: spec.dtype for k, spec in fn.structured_input_signature[1].items()}
                        for name, fn in self.signatures.items()}
-        self.signature_defs = signature_def_map(path)
+        self.signature_defs = signature_def_map(path, meta)
         self.batchers = {}
         if max_batch > 1:
             for name in BATCHED_SIGNATURES:
@@ -64,7 +100,9 @@ class Servable:
                     continue
                 bucket = max_length_bucket if "max_length" in self.inputs[name] else (lambda inputs: 0)
                 self.batchers[name] = Batcher(self._caller(name), max_batch, batch_timeout_s, batch_threads,
-                                              bucket, name=f"v{version}-{name}")
+                                              bucket, name=f"v{version}-{name}",
+                                              max_enqueued_batches=max_enqueued_batches,
+                                              allowed_batch_sizes=allowed_batch_sizes)
 
     def _caller(self, name: str):
         tf, fn = self.tf, self.signatures[name]

@@ -37,82 +37,110 @@ import signal
 import threading
 import time
 
+from tfchargen.serving import monitoring
 from tfchargen.serving.config import LIMITS, ServerConfig, add_arguments
 from tfchargen.serving.errors import log
 from tfchargen.serving.grpc_service import grpc_server
 from tfchargen.serving.manager import ModelManager
-from tfchargen.serving.rest import RestHandler
+from tfchargen.serving.model_config import ModelSpec, read_model_config
+from tfchargen.serving.models import Models
 from tfchargen.serving.transport import RestServer
 
 __all__ = ["Server", "ServerConfig", "add_arguments", "main"]
 
 
 class Server:
-    """REST + gRPC over one model's versions.
+    """REST + gRPC over one model's versions, or over every model of a ``--model_config_file``.
 
     Args:
-        model: export base or version directory.
+        model: export base or version directory (None with ``models``).
         name: model name (default: the base folder's name).
         **options: the other :class:`ServerConfig` fields (host, port, grpc_port, versions,
-            max_batch, batch_timeout_ms, batch_threads, poll_seconds, read_timeout_s);
-            ``port``/``grpc_port`` 0 = any free port, ``grpc_port=None`` = no gRPC.
+            max_batch, batch_timeout_ms, batch_threads, poll_seconds, read_timeout_s, models,
+            metrics_path, xla, health, ...); ``port``/``grpc_port`` 0 = any free port, None = off.
 
     >>> with Server("models/chargen", port=0, grpc_port=0) as s:  # doctest: +SKIP
     ...     RestClient(s.rest_url, s.name).generate(["Today "])
     """
 
-    def __init__(self, model: str, name: str | None = None, **options):
+    def __init__(self, model: str | None, name: str | None = None, **options):
         self.config = config = ServerConfig(model, name, **options)
         limits = config.limits()
         self.name, self.host = config.model_name, config.host
-        self.manager = ModelManager(config.model, self.name, config.versions, config.poll_seconds, **config.batching())
-        try:  # bind first: a port in use fails in a second, before the model loads
-            self._http = RestServer((config.host, config.port), RestHandler, self.manager, limits)
-        except OSError as e:
-            raise OSError(f"cannot listen on {config.host}:{config.port} (REST): {e.strerror or e}") from None
-        self.port = self._http.server_address[1]
-        self._grpc, self.grpc_port = None, None
-        if config.grpc_port is not None:
-            try:
-                self._grpc, self.grpc_port = grpc_server(self.manager, f"{config.host}:{config.grpc_port}", limits)
-            except OSError:
+        self.manager = self.models = Models([self._manager(s) for s in self._specs()], self._manager)
+        self._http, self.port, self._grpc, self.grpc_port, self._health = None, None, None, None, None
+        try:  # bind first: a port in use fails in a second, before the models load
+            if config.port is not None:
+                self._http = _rest_server(config, self.models, limits)
+                self._http.metrics_path = config.metrics_path
+                self.port = self._http.server_address[1]
+            if config.grpc_port is not None:
+                self._grpc, self.grpc_port = grpc_server(self.models, f"{config.host}:{config.grpc_port}", limits)
+                if config.health:
+                    self._health = monitoring.add_health(self._grpc)
+        except OSError:
+            if self._http:
                 self._http.server_close()
-                raise
-        self.rest_url = f"http://{config.host}:{self.port}"
-        self.grpc_target = f"{config.host}:{self.grpc_port}" if self.grpc_port else None
+            raise
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.rest_url = f"http://{host}:{self.port}" if self._http else None
+        self.grpc_target = f"{host}:{self.grpc_port}" if self.grpc_port else None
         self._thread = None
+
+    def _specs(self) -> list:
+        config = self.config
+        if config.models:
+            return list(config.models)
+        return [ModelSpec(self.name, config.model, config.versions)]
+
+    def _manager(self, spec: ModelSpec) -> ModelManager:
+        config = self.config
+        return ModelManager(spec.base_path, spec.name, spec.policy, config.poll_seconds, labels=spec.labels,
+                            warmup=config.warmup, xla=config.xla, **config.batching())
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> "Server":
-        return cls(**dataclasses.asdict(config))
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
 
     def start(self) -> "Server":
         try:
-            self.manager.load_initial()
+            self.models.load_initial()
         except Exception:
-            self._http.server_close()
+            self.models.stop()
+            if self._http:
+                self._http.server_close()
             if self._grpc:
                 self._grpc.stop(None)
             raise
-        self.manager.start_polling()
+        self.models.start_polling()
+        if self.config.model_config_file and self.config.config_poll_seconds > 0:
+            self.models.watch_config(lambda: read_model_config(self.config.model_config_file),
+                                     self.config.config_poll_seconds)
         if self._grpc:
             self._grpc.start()
-        self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
-        self._thread.start()
+            if self._health:
+                monitoring.set_serving(self._health, True)
+        if self._http:
+            self._thread = threading.Thread(target=self._http.serve_forever, name="rest", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self, grace_s: float = LIMITS["shutdown_grace_s"]) -> None:
         """Refuses new requests (503), lets in-flight ones finish (up to ``grace_s``), stops."""
-        self._http.draining.set()
+        if self._health:
+            monitoring.set_serving(self._health, False)
+        if self._http:
+            self._http.draining.set()
         grpc_done = self._grpc.stop(grace_s) if self._grpc else None
         deadline = time.monotonic() + grace_s
-        while self._http.in_flight and time.monotonic() < deadline:
+        while self._http and self._http.in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
-        self._http.shutdown()
-        self._http.server_close()
+        if self._http:
+            self._http.shutdown()
+            self._http.server_close()
         if grpc_done is not None:
             grpc_done.wait(max(0.0, deadline - time.monotonic()))
-        self.manager.stop()
+        self.models.stop()
 
     def __enter__(self):
         return self.start()
@@ -121,16 +149,24 @@ class Server:
         self.stop()
 
 
+def _rest_server(config: ServerConfig, models, limits) -> RestServer:
+    try:
+        return RestServer((config.host, config.port), monitoring.RestHandler, models, limits)
+    except OSError as e:
+        raise OSError(f"cannot listen on {config.host}:{config.port} (REST): {e.strerror or e}") from None
+
+
 def main(args) -> int:
     """Runs ``tfchargen serve`` (flags of :func:`add_arguments`) until SIGTERM or Ctrl-C."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = Server.from_config(ServerConfig.from_args(args)).start()
-    versions = ", ".join(str(v) for v in sorted(server.manager.servables()))
-    grpc_part = f", gRPC {server.grpc_target}" if server.grpc_target else ""
-    log(f"tfchargen serve: {server.name} version {versions} on REST {server.rest_url}{grpc_part} "
-        f"(page: {server.rest_url}/)")
+    served = "; ".join(f"{name} version {', '.join(str(v) for v in sorted(m.servables()))}"
+                       for name, m in server.models.managers().items())
+    where = [f"REST {server.rest_url} (page: {server.rest_url}/)"] if server.rest_url else []
+    where += [f"gRPC {server.grpc_target}"] if server.grpc_target else []
+    log(f"tfchargen serve: {served} on {', '.join(where)}")
     stop.wait()
     log("tfchargen serve: stopping (in-flight requests finish)")
     server.stop()

@@ -1,0 +1,139 @@
+"""Every model one server serves (TF Serving's ServerCore in small): a ModelManager per name,
+from ``--model_config_file`` (re-read every ``--model_config_file_poll_wait_seconds``) or one
+export base. REST and gRPC call :class:`Models` as they call one ModelManager: ``get``,
+``status`` and ``metadata`` take ``(name, version=None, label=None)`` and dispatch by name;
+an unknown name is TF Serving's NOT_FOUND."""
+
+from __future__ import annotations
+
+import threading
+
+from tfchargen.serving.errors import ServerError, log
+from tfchargen.serving.manager import ModelManager, not_found
+
+
+class Models:
+    """The served models by name.
+
+    Args:
+        managers: the ModelManagers, in config order (the first is the default model: the
+            page at ``/`` shows it).
+        make: ``make(spec) -> ModelManager`` for a model a re-read config adds
+            (:meth:`apply`); None: the set of models is fixed.
+
+    >>> models = Models([ModelManager("/models/chargen", "chargen")]).load_initial()  # doctest: +SKIP
+    >>> models.get("chargen", label="stable").version  # doctest: +SKIP
+    1
+    """
+
+    def __init__(self, managers: list[ModelManager], make=None):
+        self._managers = {m.name: m for m in managers}
+        self._make = make
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    @property
+    def name(self) -> str:
+        """The default model's name."""
+        return next(iter(self.managers()))
+
+    def managers(self) -> dict[str, ModelManager]:
+        with self._lock:
+            return dict(self._managers)
+
+    def _manager(self, name: str, version: int | None, status: bool = False) -> ModelManager:
+        manager = self.managers().get(name)
+        if manager is None:
+            if status and version is None:
+                raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}")
+            raise not_found(name, version)
+        return manager
+
+    def get(self, name: str, version: int | None = None, label: str | None = None):
+        return self._manager(name, version).get(name, version, label)
+
+    def status(self, name: str, version: int | None = None, label: str | None = None):
+        return self._manager(name, version, status=True).status(name, version, label)
+
+    def metadata(self, name: str, version: int | None = None, label: str | None = None):
+        return self._manager(name, version).metadata(name, version, label)
+
+    def servables(self) -> dict:
+        """The default model's loaded versions ({version: Servable})."""
+        return self.managers()[self.name].servables()
+
+    def available(self) -> bool:
+        """Whether every model has a version loaded (the gRPC health check's SERVING)."""
+        return all(m.servables() for m in self.managers().values())
+
+    def load_initial(self) -> "Models":
+        """Loads every model's initial versions; a model with none, or a label naming a
+        version that did not load, is a ValueError (the server does not start)."""
+        for manager in self.managers().values():
+            manager.load_initial()
+            manager.check_labels()
+        return self
+
+    def start_polling(self) -> None:
+        for manager in self.managers().values():
+            manager.start_polling()
+
+    def watch_config(self, read, seconds: float) -> None:
+        """Re-reads the model config (``read() -> [ModelSpec]``) every ``seconds`` and applies it."""
+        def loop():
+            while not self._stop.wait(seconds):
+                try:
+                    self.apply(read())
+                except Exception as e:  # TF Serving logs it and keeps the config it has
+                    log(f"tfchargen serve: reloading the model config failed: {e}")
+        self._thread = threading.Thread(target=loop, name="model-config-poller", daemon=True)
+        self._thread.start()
+
+    def apply(self, specs) -> None:
+        """A new ModelServerConfig: loads added models, unloads removed ones, and takes a
+        kept model's new version policy and labels (a new base_path replaces the model)."""
+        current = self.managers()
+        wanted = {s.name: s for s in specs}
+        if [(s.name, s.base_path, s.policy, s.labels) for s in specs] == [
+                (m.name, m.base, m.policy, m.labels) for m in current.values()]:
+            return
+        for spec in specs:
+            manager = current.get(spec.name)
+            if manager is None or manager.base != spec.base_path:
+                new = self._make(spec)
+                try:
+                    new.load_initial()
+                    new.check_labels()
+                except Exception:
+                    new.stop()
+                    raise
+                new.start_polling()
+                with self._lock:
+                    self._managers[spec.name] = new
+                if manager is not None:
+                    manager.stop()
+                log(f"tfchargen serve: serving model {spec.name} from {spec.base_path}")
+                continue
+            old_policy, old_labels = manager.policy, manager.labels
+            manager.policy, manager.labels = spec.policy, dict(spec.labels)
+            try:
+                manager.poll()
+                manager.check_labels()
+            except ValueError:
+                manager.policy, manager.labels = old_policy, old_labels
+                raise
+        for name in set(current) - set(wanted):
+            with self._lock:
+                manager = self._managers.pop(name)
+            manager.stop()
+            log(f"tfchargen serve: model {name} is no longer in the config: unloaded")
+        with self._lock:  # config order: the first model stays the default
+            self._managers = {n: self._managers[n] for n in wanted if n in self._managers}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        for manager in self.managers().values():
+            manager.stop()
