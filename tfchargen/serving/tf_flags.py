@@ -79,8 +79,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("enable_model_warmup", bool, "replay assets.extra warmup records (default true)")
     for name in IGNORED:
         flag(name)
-    p.add_argument("--version", action="version", version=version_text(),
-                   help="print the server's and TensorFlow's versions (as tensorflow_model_server)")
+    p.add_argument("--version", action=_Version, help="print the server's and TensorFlow's versions "
+                   "(as tensorflow_model_server)")
+
+
+class _Version(argparse.Action):
+    """``--version``: :func:`version_text` as is (argparse's version action rewraps it)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
 
 
 def given(args) -> bool:
