@@ -254,7 +254,7 @@ def test_two_models_of_one_config_with_labels_health_metrics_and_reload(exports,
     monitoring = write(tmp_path / "monitoring.config", 'prometheus_config { enable: true path: "/metrics/here" }')
     server = start(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                    f"--monitoring_config_file={monitoring}", "--enable_grpc_healthcheck_service=true",
-                   "--enable_model_warmup=false")
+                   "--enable_batching=true", "--enable_model_warmup=false")
     try:
         assert status(server, "chargen") == (200, {2: "AVAILABLE", 1: "AVAILABLE"})
         assert status(server, "other") == (200, {7: "AVAILABLE"})
