@@ -55,13 +55,16 @@ def version_text() -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """TF Serving's flags (dest ``tfs_<name>``); values are checked in :func:`config_fields`."""
-    g = p.add_argument_group("tensorflow_model_server's flags (a drop-in command line; docs/tf-serving.md)")
+    g = p.add_argument_group("tensorflow_model_server's flags", "A command line with any of these is read as "
+                             "tensorflow_model_server reads it: --port is then gRPC (docs/tf-serving.md).")
 
     def flag(name, kind=str, help=argparse.SUPPRESS):
         if kind is bool:
-            g.add_argument(f"--{name}", dest=f"tfs_{name}", nargs="?", const=True, type=parse_bool, help=help)
+            g.add_argument(f"--{name}", dest=f"tfs_{name}", nargs="?", const=True, type=parse_bool, help=help,
+                           metavar="true|false")
         else:
-            g.add_argument(f"--{name}", dest=f"tfs_{name}", type=kind, help=help)
+            metavar = "N" if kind is int else "NAME" if name == "model_name" else "PATH"
+            g.add_argument(f"--{name}", dest=f"tfs_{name}", type=kind, help=help, metavar=metavar)
 
     flag("rest_api_port", int, "REST port (default 0: no REST)")
     flag("model_name", str, "the model's name with --model_base_path (default: default)")
