@@ -216,7 +216,7 @@ def test_errors_have_tf_servings_codes(server):
          'Serving signature key "nope" not found'),
         ("POST", f"{u}/other:predict", {"instances": ["x"]}, 404, "Servable not found for request: Latest(other)"),
         ("POST", f"{u}/chargen/versions/9:predict", {"instances": ["x"]}, 404, "Specific(chargen, 9)"),
-        ("GET", f"{u}/chargen/versions/9", None, 404, "Servable not found"),
+        ("GET", f"{u}/chargen/versions/9", None, 404, "Could not find version 9 of model chargen"),
         ("GET", f"{server.url}/nowhere", None, 404, "Malformed request"),
         ("POST", f"{u}/chargen:stream", {"prompt": "x"}, 400, "Missing 'inputs' or 'instances' key"),
     ]

@@ -267,9 +267,14 @@ def test_two_models_of_one_config_with_labels_health_metrics_and_reload(exports,
         models = server.models
         assert [models.get("chargen", label=x).version for x in ("stable", "canary")] == [1, 2]
         assert models.metadata("chargen", label="canary").model_spec.version.value == 2
-        with pytest.raises(ServerError) as e:
-            models.status("chargen", label="beta")
-        assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "Unrecognized servable version label: beta")
+        for name in ("chargen", "nope"):  # ServerCore resolves the label before the name
+            with pytest.raises(ServerError) as e:
+                models.get(name, label="beta")
+            assert (e.value.code, e.value.message) == ("INVALID_ARGUMENT", "Unrecognized servable version label: beta")
+        # GetModelStatusImpl ignores version_label: every version.
+        assert [s.version for s in models.status("chargen", label="beta").model_version_status] == [2, 1]
+        with pytest.raises(ServerError, match="^Could not find version 9 of model chargen$"):
+            models.status("chargen", 9)
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "other"
         assert [s.version for s in grpc_call(server.grpc_target, "GetModelStatus", request).model_version_status] == [7]

@@ -173,16 +173,17 @@ class ModelManager:
         raise not_found(name, version)
 
     def status(self, name: str, version: int | None = None, label: str | None = None):
-        """A GetModelStatusResponse (every known version, or the one asked for)."""
+        """A GetModelStatusResponse (every known version, or the one asked for). A ``label``
+        is ignored, as GetModelStatusImpl ignores ``version_label``: every version."""
         from tensorflow_serving.apis import get_model_status_pb2
 
-        if label is not None and name == self.name:
-            version = self.version_of(label)
         with self._lock:
             states = dict(self._states)
-        if name != self.name or (version is not None and version not in states):
+        if name != self.name or not states:
             raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}") if version is None \
-                else not_found(name, version)
+                else ServerError("NOT_FOUND", f"Could not find version {version} of model {name}")
+        if version is not None and version not in states:
+            raise ServerError("NOT_FOUND", f"Could not find version {version} of model {name}")
         reply = get_model_status_pb2.GetModelStatusResponse()
         enum = get_model_status_pb2.ModelVersionStatus.State
         for v in sorted(states, reverse=True):

@@ -42,22 +42,27 @@ class Models:
         with self._lock:
             return dict(self._managers)
 
-    def _manager(self, name: str, version: int | None, status: bool = False) -> ModelManager:
+    def _manager(self, name: str, version: int | None, label: str | None) -> ModelManager:
         manager = self.managers().get(name)
         if manager is None:
-            if status and version is None:
-                raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}")
+            if label is not None:  # ServerCore resolves the label first: no label map for this name
+                raise ServerError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
             raise not_found(name, version)
         return manager
 
     def get(self, name: str, version: int | None = None, label: str | None = None):
-        return self._manager(name, version).get(name, version, label)
+        return self._manager(name, version, label).get(name, version, label)
 
     def status(self, name: str, version: int | None = None, label: str | None = None):
-        return self._manager(name, version, status=True).status(name, version, label)
+        """GetModelStatus: ``label`` is ignored, as TF Serving's GetModelStatusImpl ignores it."""
+        manager = self.managers().get(name)
+        if manager is None:
+            raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}") if version is None \
+                else ServerError("NOT_FOUND", f"Could not find version {version} of model {name}")
+        return manager.status(name, version)
 
     def metadata(self, name: str, version: int | None = None, label: str | None = None):
-        return self._manager(name, version).metadata(name, version, label)
+        return self._manager(name, version, label).metadata(name, version, label)
 
     def servables(self) -> dict:
         """The default model's loaded versions ({version: Servable})."""
