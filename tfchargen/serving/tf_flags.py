@@ -77,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("monitoring_config_file", str, "MonitoringConfig text proto: Prometheus metrics on the REST port")
     flag("xla_cpu_compilation_enabled", bool, "EXPERIMENTAL in TF Serving: let versions that need XLA "
          "(tfchargen export --xla) load (default false)")
+    flag("xla_gpu_compilation_enabled", bool, "EXPERIMENTAL in TF Serving: XLA for CPU and GPU (default false)")
     flag("rest_api_timeout_in_ms", int, "accepted; not enforced (see docs/tf-serving.md)")
     flag("enable_grpc_healthcheck_service", bool, "serve grpc.health.v1.Health (default false)")
     flag("enable_model_warmup", bool, "replay assets.extra warmup records (default true)")
@@ -156,6 +157,7 @@ def config_fields(args) -> dict:
                 poll_seconds=fs_poll if fs_poll > 0 else 0.0, read_timeout_s=args.read_timeout,
                 model_config_file=_get(args, "model_config_file"),
                 config_poll_seconds=max(0, _get(args, "model_config_file_poll_wait_seconds", 0)),
-                metrics_path=metrics, xla=_get(args, "xla_cpu_compilation_enabled", False),
+                metrics_path=metrics, xla=bool(_get(args, "xla_cpu_compilation_enabled") or
+                                               _get(args, "xla_gpu_compilation_enabled")),
                 health=_get(args, "enable_grpc_healthcheck_service", False),
                 warmup=_get(args, "enable_model_warmup", True))
