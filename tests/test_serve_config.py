@@ -389,6 +389,14 @@ def test_the_serving_files_start_tfchargen_serve_with_tf_servings_flags(exports,
         assert len(grpc_call(f"127.0.0.1:{grpc_port}", "GetModelStatus", request).model_version_status) == 2
         if "--enable_grpc_healthcheck_service=true" in flags:
             assert health(f"127.0.0.1:{grpc_port}") == "SERVING"
+        shutil.copytree(exports["plain"], tmp_path / "staging")  # then renamed in whole, as export does
+        os.rename(tmp_path / "staging", f"{base}/4")  # latest { num_versions: 2 }: 4 and 3 serve
+        deadline, versions = time.monotonic() + 120, None
+        while versions != ["4", "3"] and time.monotonic() < deadline:
+            time.sleep(1)
+            versions = [s["version"] for s in json.loads(http("GET", f"{url}/v1/models/chargen")[1])
+                        ["model_version_status"] if s["state"] == "AVAILABLE"]
+        assert versions == ["4", "3"], "".join(lines[-20:])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, "".join(lines[-20:])
