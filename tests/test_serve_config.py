@@ -157,6 +157,16 @@ def test_a_full_queue_is_refused_at_once_and_batches_pad_to_allowed_sizes():
     assert seen == [2, 4]  # 1 row padded to 2, 3 rows to 4; each request got only its rows
 
 
+def test_labels_follow_server_cores_rule():
+    from tfchargen.serving.models import check_labels
+
+    check_labels("m", {"a": 1, "b": 2}, {1, 2}, {}, False)
+    check_labels("m", {"a": 1, "c": 9}, {1}, {"a": 1}, True)  # a new label may name any version
+    for labels, existing, allow in (({"c": 9}, {}, False), ({"a": 9}, {"a": 1}, True)):  # a moved one may not
+        with pytest.raises(ValueError, match="Request to assign label to version 9 of model m, which is not"):
+            check_labels("m", labels, {1, 2}, existing, allow)
+
+
 # ------------------------------------------------------------------- real servers (slow)
 
 
@@ -254,7 +264,8 @@ def test_two_models_of_one_config_with_labels_health_metrics_and_reload(exports,
     monitoring = write(tmp_path / "monitoring.config", 'prometheus_config { enable: true path: "/metrics/here" }')
     server = start(f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
                    f"--monitoring_config_file={monitoring}", "--enable_grpc_healthcheck_service=true",
-                   "--enable_batching=true", "--enable_model_warmup=false")
+                   "--enable_batching=true", "--enable_model_warmup=false",
+                   "--allow_version_labels_for_unavailable_models=true")
     try:
         assert status(server, "chargen") == (200, {2: "AVAILABLE", 1: "AVAILABLE"})
         assert status(server, "other") == (200, {7: "AVAILABLE"})
@@ -294,13 +305,23 @@ def test_two_models_of_one_config_with_labels_health_metrics_and_reload(exports,
 
 
 @pytest.mark.slow
-def test_a_label_of_a_version_that_is_not_available_stops_the_start(exports, tmp_path):
+def test_labels_at_start_need_allow_version_labels_for_unavailable_models(exports, tmp_path):
+    from tfchargen.serving.errors import ServerError
+
     a = base_of(tmp_path, "a", v1=exports["plain"])
     config = write(tmp_path / "models.config", f"""model_config_list {{ config {{ name: "chargen" base_path: "{a}"
-        version_labels {{ key: "stable" value: 5 }} }} }}""")
+        version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "next" value: 5 }} }} }}""")
     with pytest.raises(ValueError, match="Request to assign label to version 5 of model chargen, which is not "
                                          "currently available for inference"):
         start(f"--model_config_file={config}", "--enable_model_warmup=false")
+    server = start(f"--model_config_file={config}", "--enable_model_warmup=false",
+                   "--allow_version_labels_for_unavailable_models")
+    try:
+        assert server.models.get("chargen", label="stable").version == 1
+        with pytest.raises(ServerError, match=r"^Servable not found for request: Specific\(chargen, 5\)$"):
+            server.models.get("chargen", label="next")
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

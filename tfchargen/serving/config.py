@@ -64,6 +64,7 @@ class ServerConfig:
         xla: load versions that need XLA (``--xla_cpu_compilation_enabled``).
         health: serve ``grpc.health.v1.Health`` (``--enable_grpc_healthcheck_service``).
         warmup: replay warmup records (``--enable_model_warmup``).
+        allow_unavailable_labels: ``--allow_version_labels_for_unavailable_models``.
 
     >>> ServerConfig(".", "chargen", port=0).limits()["read_timeout_s"]
     30.0
@@ -93,6 +94,7 @@ class ServerConfig:
     xla: bool = True
     health: bool = False
     warmup: bool = True
+    allow_unavailable_labels: bool = False
 
     def __post_init__(self):
         if not self.models and not os.path.isdir(self.model or ""):

@@ -152,15 +152,6 @@ class ModelManager:
             raise ServerError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
         return self.labels[label]
 
-    def check_labels(self) -> None:
-        """ServerCore's check when a config is applied: each label names an AVAILABLE version."""
-        with self._lock:
-            available = set(self._servables)
-        for label, version in sorted(self.labels.items()):
-            if version not in available:
-                raise ValueError(f"Request to assign label to version {version} of model {self.name}, which is "
-                                 f"not currently available for inference (version_labels {{ key: {label!r} }})")
-
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         if label is not None and name == self.name:
             version = self.version_of(label)

@@ -12,6 +12,19 @@ from tfchargen.serving.errors import ServerError, log
 from tfchargen.serving.manager import ModelManager, not_found
 
 
+def check_labels(name: str, labels: dict, available: set, existing: dict, allow_unavailable: bool) -> None:
+    """ServerCore::UpdateModelVersionLabelMap's rule, checked before a config applies: a label
+    must name an AVAILABLE version, unless ``allow_unavailable``
+    (``--allow_version_labels_for_unavailable_models``) and the label is new or keeps its
+    version. So without that flag a config with labels cannot start a server: labels are
+    added by a re-read config once their versions serve (as TF Serving's docs say)."""
+    for label, version in sorted(labels.items()):
+        moved = label in existing and existing[label] != version
+        if version not in available and not (allow_unavailable and not moved):
+            raise ValueError(f"Request to assign label to version {version} of model {name}, which is not "
+                             f"currently available for inference (version_labels {{ key: {label!r} }})")
+
+
 class Models:
     """The served models by name.
 
@@ -20,15 +33,16 @@ class Models:
             page at ``/`` shows it).
         make: ``make(spec) -> ModelManager`` for a model a re-read config adds
             (:meth:`apply`); None: the set of models is fixed.
+        allow_unavailable_labels: ``--allow_version_labels_for_unavailable_models``.
 
     >>> models = Models([ModelManager("/models/chargen", "chargen")]).load_initial()  # doctest: +SKIP
     >>> models.get("chargen", label="stable").version  # doctest: +SKIP
     1
     """
 
-    def __init__(self, managers: list[ModelManager], make=None):
+    def __init__(self, managers: list[ModelManager], make=None, allow_unavailable_labels: bool = False):
         self._managers = {m.name: m for m in managers}
-        self._make = make
+        self._make, self.allow_unavailable_labels = make, allow_unavailable_labels
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -73,11 +87,12 @@ class Models:
         return all(m.servables() for m in self.managers().values())
 
     def load_initial(self) -> "Models":
-        """Loads every model's initial versions; a model with none, or a label naming a
-        version that did not load, is a ValueError (the server does not start)."""
+        """Loads every model's initial versions; a model with none, or a label TF Serving
+        refuses (:func:`check_labels`), is a ValueError (the server does not start)."""
+        for manager in self.managers().values():
+            check_labels(manager.name, manager.labels, set(), {}, self.allow_unavailable_labels)
         for manager in self.managers().values():
             manager.load_initial()
-            manager.check_labels()
         return self
 
     def start_polling(self) -> None:
@@ -103,13 +118,17 @@ class Models:
         if [(s.name, s.base_path, s.policy, s.labels) for s in specs] == [
                 (m.name, m.base, m.policy, m.labels) for m in current.values()]:
             return
+        for spec in specs:  # labels first, against what serves now: a refused config changes nothing
+            manager = current.get(spec.name)
+            same = manager is not None and manager.base == spec.base_path
+            check_labels(spec.name, spec.labels, set(manager.servables()) if same else set(),
+                         manager.labels if same else {}, self.allow_unavailable_labels)
         for spec in specs:
             manager = current.get(spec.name)
             if manager is None or manager.base != spec.base_path:
                 new = self._make(spec)
                 try:
                     new.load_initial()
-                    new.check_labels()
                 except Exception:
                     new.stop()
                     raise
@@ -120,14 +139,8 @@ class Models:
                     manager.stop()
                 log(f"tfchargen serve: serving model {spec.name} from {spec.base_path}")
                 continue
-            old_policy, old_labels = manager.policy, manager.labels
             manager.policy, manager.labels = spec.policy, dict(spec.labels)
-            try:
-                manager.poll()
-                manager.check_labels()
-            except ValueError:
-                manager.policy, manager.labels = old_policy, old_labels
-                raise
+            manager.poll()
         for name in set(current) - set(wanted):
             with self._lock:
                 manager = self._managers.pop(name)

@@ -67,7 +67,8 @@ class Server:
         self.config = config = ServerConfig(model, name, **options)
         limits = config.limits()
         self.name, self.host = config.model_name, config.host
-        self.manager = self.models = Models([self._manager(s) for s in self._specs()], self._manager)
+        self.manager = self.models = Models([self._manager(s) for s in self._specs()], self._manager,
+                                            config.allow_unavailable_labels)
         self._http, self.port, self._grpc, self.grpc_port, self._health = None, None, None, None, None
         try:  # bind first: a port in use fails in a second, before the models load
             if config.port is not None:

@@ -81,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flag("rest_api_timeout_in_ms", int, "accepted; not enforced (see docs/tf-serving.md)")
     flag("enable_grpc_healthcheck_service", bool, "serve grpc.health.v1.Health (default false)")
     flag("enable_model_warmup", bool, "replay assets.extra warmup records (default true)")
+    flag("allow_version_labels_for_unavailable_models", bool, "version_labels may name versions not loaded yet "
+         "(default false: a config with labels cannot start the server)")
     for name in IGNORED:
         flag(name)
     p.add_argument("--version", action=_Version, help="print the server's and TensorFlow's versions "
@@ -160,4 +162,5 @@ def config_fields(args) -> dict:
                 metrics_path=metrics, xla=bool(_get(args, "xla_cpu_compilation_enabled") or
                                                _get(args, "xla_gpu_compilation_enabled")),
                 health=_get(args, "enable_grpc_healthcheck_service", False),
-                warmup=_get(args, "enable_model_warmup", True))
+                warmup=_get(args, "enable_model_warmup", True),
+                allow_unavailable_labels=_get(args, "allow_version_labels_for_unavailable_models", False))
