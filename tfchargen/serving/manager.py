@@ -50,6 +50,7 @@ class ModelManager:
         self._states: dict[int, tuple[str, str]] = {}  # version -> (state, error message)
         self._failed: set[int] = set()  # versions that did not load: not retried until they change
         self._lock = threading.Lock()
+        self._polling = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
 
@@ -74,6 +75,10 @@ class ModelManager:
         """One pass: load wanted versions that are not loaded, unload the others. With a
         ``latest`` policy, versions go only once a newer wanted one is serving (TF Serving's
         AvailabilityPreservingPolicy)."""
+        with self._polling:  # the poller and a re-read model config may both poll
+            self._poll()
+
+    def _poll(self) -> None:
         wanted = self._wanted()
         for version in sorted(set(wanted) - set(self._servables) - self._failed):
             self._load(version, wanted[version])
