@@ -166,10 +166,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from tfchargen.serving.config import ServerConfig
+
+    config = ServerConfig.from_args(args)  # flags and config files, checked before TensorFlow loads
     quiet.import_tensorflow()
     from tfchargen.serving import server
 
-    return server.main(args)
+    return server.main(args, config)
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "generate": cmd_generate, "evaluate": cmd_evaluate,

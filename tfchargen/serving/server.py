@@ -157,12 +157,13 @@ def _rest_server(config: ServerConfig, models, limits) -> RestServer:
         raise OSError(f"cannot listen on {config.host}:{config.port} (REST): {e.strerror or e}") from None
 
 
-def main(args) -> int:
-    """Runs ``tfchargen serve`` (flags of :func:`add_arguments`) until SIGTERM or Ctrl-C."""
+def main(args, config: ServerConfig | None = None) -> int:
+    """Runs ``tfchargen serve`` (flags of :func:`add_arguments`, or their ``config``) until
+    SIGTERM or Ctrl-C."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = Server.from_config(ServerConfig.from_args(args)).start()
+    server = Server.from_config(config or ServerConfig.from_args(args)).start()
     served = "; ".join(f"{name} version {', '.join(str(v) for v in sorted(m.servables()))}"
                        for name, m in server.models.managers().items())
     where = [f"REST {server.rest_url} (page: {server.rest_url}/)"] if server.rest_url else []
