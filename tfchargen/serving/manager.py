@@ -35,6 +35,7 @@ class ModelManager:
         self.servable_kwargs = servable_kwargs
         self.single = os.path.exists(os.path.join(base, "saved_model.pb"))
         self._servables: dict[int, Servable] = {}
+        self.version_labels: dict[str, int] = {}  # label -> version (model config's version_labels)
         self._states: dict[int, tuple[str, str]] = {}  # version -> (state, error message)
         self._failed: set[int] = set()  # versions that did not load: not retried until they change
         self._lock = threading.Lock()
@@ -129,7 +130,13 @@ class ModelManager:
         with self._lock:
             return dict(self._servables)
 
-    def get(self, name: str, version: int | None) -> Servable:
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a ModelSpec asks for: a version, a label (config's version_labels) or
+        the latest; TF Serving's ServerCore errors otherwise."""
+        if not name:
+            raise ServerError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
+        if label is not None:
+            version = self.version_for_label(name, label)
         with self._lock:
             if name == self.name:
                 if version is None and self._servables:
@@ -139,16 +146,22 @@ class ModelManager:
         which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
         raise ServerError("NOT_FOUND", f"Servable not found for request: {which}")
 
-    def status(self, name: str, version: int | None):
-        """A GetModelStatusResponse (every known version, or the one asked for)."""
+    def version_for_label(self, name: str, label: str) -> int:
+        """server_core.cc GetModelVersionForLabel."""
+        if name == self.name and label in self.version_labels:
+            return self.version_labels[label]
+        raise ServerError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
+
+    def status(self, name: str, version: int | None = None, label: str | None = None):
+        """A GetModelStatusResponse (every known version, or the one asked for). Like TF
+        Serving's GetModelStatusImpl, a version label is ignored."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         with self._lock:
             states = dict(self._states)
         if name != self.name or (version is not None and version not in states):
-            which = f"Latest({name})" if version is None else f"Specific({name}, {version})"
             raise ServerError("NOT_FOUND", f"Could not find any versions of model {name}" if version is None
-                              else f"Servable not found for request: {which}")
+                              else f"Could not find version {version} of model {name}")
         reply = get_model_status_pb2.GetModelStatusResponse()
         enum = get_model_status_pb2.ModelVersionStatus.State
         for v in sorted(states, reverse=True):
@@ -161,11 +174,11 @@ class ModelManager:
                 status.status.error_message = message
         return reply
 
-    def metadata(self, name: str, version: int | None):
+    def metadata(self, name: str, version: int | None = None, label: str | None = None):
         """A GetModelMetadataResponse with the version's signature_def."""
         from tensorflow_serving.apis import get_model_metadata_pb2
 
-        servable = self.get(name, version)
+        servable = self.get(name, version, label)
         reply = get_model_metadata_pb2.GetModelMetadataResponse()
         reply.model_spec.name = name
         reply.model_spec.version.value = servable.version
