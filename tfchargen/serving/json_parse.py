@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from tfchargen.serving.errors import ServerError
 
@@ -70,6 +71,80 @@ def _parse_error(message: str, text: str, pos: int) -> ServerError:
     return ServerError("INVALID_ARGUMENT", f"JSON Parse error: {message} at offset: {offset}")
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_LITERALS = (("true", True), ("false", False), ("null", None), ("NaN", math.nan), ("Infinity", math.inf),
+             ("-Infinity", -math.inf))
+
+
+def _scalar(text: str, i: int):
+    if text.startswith('"', i):
+        return json.decoder.scanstring(text, i + 1)
+    for word, value in _LITERALS:
+        if text.startswith(word, i):
+            return value, i + len(word)
+    m = _NUMBER.match(text, i)
+    if not m:
+        raise json.JSONDecodeError("Expecting value", text, i)
+    return (_float if m.group(1) or m.group(2) else _int)(m.group()), m.end()
+
+
+def _key(text: str, i: int):
+    i = _SPACE.match(text, i).end()
+    if not text.startswith('"', i):
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+    key, i = json.decoder.scanstring(text, i + 1)
+    i = _SPACE.match(text, i).end()
+    if not text.startswith(":", i):
+        raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+    return key, i + 1
+
+
+def _iterative(text: str, i: int):
+    """json's raw_decode without recursion (rapidjson's kParseIterativeFlag), for documents
+    nested deeper than Python's json reads."""
+    stack = []  # [container, key of the value being read]
+    while True:
+        i = _SPACE.match(text, i).end()
+        opener = text[i:i + 1]
+        if opener in ("[", "{"):
+            i = _SPACE.match(text, i + 1).end()
+            if text.startswith("]" if opener == "[" else "}", i):
+                value, i = ([] if opener == "[" else {}), i + 1
+            else:
+                key = None
+                if opener == "{":
+                    key, i = _key(text, i)
+                stack.append([[] if opener == "[" else {}, key])
+                continue
+        else:
+            value, i = _scalar(text, i)
+        while stack:  # the value ends its containers, or a comma asks for the next one
+            container, key = stack[-1]
+            if isinstance(container, list):
+                container.append(value)
+            else:
+                container[key] = value
+            i = _SPACE.match(text, i).end()
+            if text.startswith(",", i):
+                i += 1
+                if isinstance(container, dict):
+                    stack[-1][1], i = _key(text, i)
+                break
+            if not text.startswith("]" if isinstance(container, list) else "}", i):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+            value, i = stack.pop()[0], i + 1
+        else:
+            return value, i
+
+
+def _decode(text: str, start: int):
+    try:
+        return _DECODER.raw_decode(text, start)
+    except RecursionError:
+        return _iterative(text, start)
+
+
 def parse_json_body(body: bytes) -> dict:
     """A request body -> its top-level JSON object, or TF Serving's INVALID_ARGUMENT."""
     if not body:
@@ -79,15 +154,16 @@ def parse_json_body(body: bytes) -> dict:
     if start == len(text):
         raise _parse_error("The document is empty.", text, start)
     try:
-        doc, _ = _DECODER.raw_decode(text, start)
+        doc, _ = _decode(text, start)
     except _TooBig as e:
         raise _parse_error(_TOO_BIG, text, max(text.find(e.text, start), start)) from None
     except json.JSONDecodeError as e:
         if e.msg.startswith("Expecting ',' delimiter"):
             raise _parse_error(_comma_error(text, e.pos), text, e.pos) from None
         message = next((ours for py, ours in _MESSAGES if e.msg.startswith(py)), "Invalid value.")
-        raise _parse_error(message, text, e.pos) from None
-    except (ValueError, RecursionError):  # too deep, or an integer Python will not read
+        at_end = e.msg.startswith("Unterminated string")  # rapidjson reads on to the end
+        raise _parse_error(message, text, len(text) if at_end else e.pos) from None
+    except ValueError:  # an integer Python will not read
         raise _parse_error("Invalid value.", text, start) from None
     if not isinstance(doc, dict):
         raise ServerError("INVALID_ARGUMENT", f"JSON Value: {debug_string(doc)} Is not object")
@@ -134,11 +210,14 @@ def json_type(v) -> str:
 
 
 def _tokens(v, level: int):
-    """(prefix, text) pairs of PrettyWriter with kFormatSingleLineArray."""
+    """(prefix, text) pairs of PrettyWriter with kFormatSingleLineArray (no deeper than the
+    limit could show)."""
+    if level > _DEBUG_LIMIT:
+        return
     if isinstance(v, list):
         yield "", "["
         for i, x in enumerate(v):
-            for j, (prefix, text) in enumerate(_tokens(x, level)):
+            for j, (prefix, text) in enumerate(_tokens(x, level + 1)):
                 yield (", " if i and not j else "") + prefix, text
         yield "", "]"
     elif isinstance(v, dict):
@@ -146,7 +225,7 @@ def _tokens(v, level: int):
             yield "", "{}"
             return
         yield "", "{"
-        pad = "    " * (level + 1)
+        pad = "    " * (level + 1)  # objects indent by their depth (arrays count too: close enough)
         for i, (k, x) in enumerate(v.items()):
             yield ("," if i else "") + "\n" + pad, json_string(k) + ": "
             yield from _tokens(x, level + 1)

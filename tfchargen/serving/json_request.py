@@ -15,6 +15,7 @@ import numpy as np
 from tfchargen.serving.errors import ServerError
 from tfchargen.serving.json_parse import debug_string, json_type
 
+_MAX_DIMS = 254  # TensorShape's kMaxDims: deeper lists are no tensor (and would exhaust the stack here)
 _DTYPE_NAMES = {"float32": "float", "float64": "double"}  # DataTypeString, where it differs
 
 
@@ -102,6 +103,8 @@ def _array(values: list, shape: list[int], dtype) -> np.ndarray:
 def json_tensor(value, dtype) -> np.ndarray:
     """A JSON value (a list, or a scalar) -> a numpy array of ``dtype`` (a tf.DType)."""
     shape, values = _shape(value), []
+    if len(shape) > _MAX_DIMS:
+        raise _bad(f"Encountered list at unexpected level: {_MAX_DIMS} expected < {_MAX_DIMS}")
     _fill(value, 0, shape, dtype, values)
     return _array(values, shape, dtype)
 
@@ -127,6 +130,8 @@ def _item(value, name: str, dtypes: dict, shapes: dict, columns: dict) -> None:
     if name not in dtypes:
         raise _bad(f"JSON object: does not have named input: {name}")
     shape, values = _shape(value), []
+    if len(shape) > _MAX_DIMS:
+        raise _bad(f"Encountered list at unexpected level: {_MAX_DIMS} expected < {_MAX_DIMS}")
     _fill(value, 0, shape, dtypes[name], values)
     if name in shapes and int(np.prod(shapes[name])) != len(values):
         raise _bad(f"Expecting tensor size: {int(np.prod(shapes[name]))} but got: {len(values)}")
