@@ -144,12 +144,13 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         self._t0, self._rows, self._status = time.monotonic(), 0, None
+        self.command, self.path, self.requestline = None, "", ""  # not the last request's
+        self.request_version = self.default_request_version
         self.reader.start()
         try:  # http.server itself closes a connection idle past the timeout
             super().handle_one_request()
-        except RequestDeadline:  # headers or body still incomplete at the deadline
-            self.command = getattr(self, "command", None) or "-"
-            self.path = getattr(self, "path", "") or "-"
+        except RequestDeadline:  # request line, headers or body still incomplete at the deadline
+            self.command, self.path = self.command or "-", self.path or "-"
             self._send(408, error_body(f"the request was not received within "
                                        f"{self.server.limits['read_timeout_s']:g} s"), close=True)
         except (ConnectionError, BrokenPipeError):
