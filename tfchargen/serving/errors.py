@@ -39,17 +39,6 @@ class ServerError(Exception):
         return HTTP_STATUS.get(self.code, 500)
 
 
-def error_body(message: str) -> bytes:
-    """A REST error reply as TF Serving writes it (MakeJsonFromStatus, rapidjson's PrettyWriter).
-
-    >>> error_body('Malformed request: GET /v2')
-    b'{\\n    "error": "Malformed request: GET /v2"\\n}'
-    """
-    from tfchargen.serving.json_parse import json_string
-
-    return ('{\n    "error": ' + json_string(message) + "\n}").encode("utf-8", "surrogateescape")
-
-
 _LOG_LOCK = threading.Lock()
 
 

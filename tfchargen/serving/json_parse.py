@@ -47,6 +47,17 @@ def _int(text: str):
 
 
 _DECODER = json.JSONDecoder(parse_float=_float, parse_int=_int)
+# rapidjson refuses a \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one (Python keeps it).
+_LONE_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def utf8(text: str) -> bytes:
+    """A parsed string back to the bytes it came from: bytes that were not UTF-8 as they were,
+    a lone surrogate escape as rapidjson writes it (its code point in UTF-8 form)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _comma_error(text: str, pos: int) -> str:
@@ -67,7 +78,7 @@ def _comma_error(text: str, pos: int) -> str:
 
 
 def _parse_error(message: str, text: str, pos: int) -> ServerError:
-    offset = len(text[:pos].encode("utf-8", "surrogateescape"))
+    offset = len(utf8(text[:pos]))
     return ServerError("INVALID_ARGUMENT", f"JSON Parse error: {message} at offset: {offset}")
 
 
@@ -153,6 +164,9 @@ def parse_json_body(body: bytes) -> dict:
     start = len(text) - len(text.lstrip(_WS))
     if start == len(text):
         raise _parse_error("The document is empty.", text, start)
+    lone = _LONE_HIGH_SURROGATE.search(text) if "\\u" in text else None
+    if lone:
+        raise _parse_error("The surrogate pair in string is invalid.", text, lone.start())
     try:
         doc, _ = _decode(text, start)
     except _TooBig as e:
@@ -168,6 +182,15 @@ def parse_json_body(body: bytes) -> dict:
     if not isinstance(doc, dict):
         raise ServerError("INVALID_ARGUMENT", f"JSON Value: {debug_string(doc)} Is not object")
     return doc
+
+
+def error_body(message: str) -> bytes:
+    """A REST error reply as TF Serving writes it (MakeJsonFromStatus, rapidjson's PrettyWriter).
+
+    >>> error_body('Malformed request: GET /v2')
+    b'{\\n    "error": "Malformed request: GET /v2"\\n}'
+    """
+    return utf8('{\n    "error": ' + json_string(message) + "\n}")
 
 
 # ------------------------------------------------------------------ JsonValueToDebugString
@@ -247,5 +270,5 @@ def debug_string(v) -> str:
             break
         piece = prefix + text
         out.append(piece)
-        size += len(piece.encode("utf-8", "surrogateescape"))
+        size += len(utf8(piece))
     return "".join(out)

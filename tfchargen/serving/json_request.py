@@ -13,7 +13,7 @@ import binascii
 import numpy as np
 
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_parse import debug_string, json_type
+from tfchargen.serving.json_parse import debug_string, json_type, utf8
 
 _MAX_DIMS = 254  # TensorShape's kMaxDims: deeper lists are no tensor (and would exhaust the stack here)
 _DTYPE_NAMES = {"float32": "float", "float64": "double"}  # DataTypeString, where it differs
@@ -46,7 +46,7 @@ def _value(v, dtype):
     number = isinstance(v, (int, float)) and not isinstance(v, bool)
     if dtype.name == "string":
         ok = isinstance(v, str)
-        v = v.encode("utf-8", "surrogateescape") if ok else v
+        v = utf8(v) if ok else v
     elif dtype.name == "bool":
         ok = isinstance(v, bool)
     elif dtype.is_floating:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_parse import json_string
+from tfchargen.serving.json_parse import json_string, utf8
 
 
 def as_bytes(value) -> bytes:
@@ -124,9 +124,9 @@ def response_json(out: dict, fmt: str) -> bytes:
     if fmt == "columnar":
         if len(out) == 1:
             (name, value), = out.items()
-            return ('{"outputs": ' + _json_out(name, value) + "}").encode("utf-8", "surrogateescape")
+            return utf8('{"outputs": ' + _json_out(name, value) + "}")
         fields = ", ".join(f"{json_string(k)}: {_json_out(k, v)}" for k, v in out.items())
-        return ('{"outputs": {' + fields + "}}").encode("utf-8", "surrogateescape")
+        return utf8('{"outputs": {' + fields + "}}")
     sizes = {len(v) for v in out.values()}
     if len(sizes) > 1:
         raise ServerError("INVALID_ARGUMENT", "Tensor name: has inconsistent batch size")
@@ -137,7 +137,7 @@ def response_json(out: dict, fmt: str) -> bytes:
             rows.append(_json_out(name, value[i]))
         else:
             rows.append("{" + ", ".join(f"{json_string(k)}: {_json_out(k, v[i])}" for k, v in out.items()) + "}")
-    return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8", "surrogateescape")
+    return utf8('{"predictions": [' + ", ".join(rows) + "]}")
 
 
 def status_json(reply) -> dict:

@@ -9,8 +9,8 @@ import re
 
 from tfchargen.serving import urls
 from tfchargen.serving.classify import signature_error
-from tfchargen.serving.errors import ServerError, error_body
-from tfchargen.serving.json_parse import debug_string, parse_json_body
+from tfchargen.serving.errors import ServerError
+from tfchargen.serving.json_parse import debug_string, error_body, parse_json_body
 from tfchargen.serving.json_request import check_examples, request_tensors
 from tfchargen.serving.json_tensor import metadata_json, response_json, status_json
 from tfchargen.serving.servable import STREAM_SIGNATURES

@@ -12,7 +12,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tfchargen.serving.config import LIMITS
-from tfchargen.serving.errors import ServerError, error_body, log
+from tfchargen.serving.errors import ServerError, log
+from tfchargen.serving.json_parse import error_body
 
 
 class HttpError(Exception):
