@@ -14,7 +14,9 @@ server_core.cc.
 """
 
 import http.client
+import io
 import json
+import os
 import re
 import socket
 import sys
@@ -404,6 +406,8 @@ JSON_ERRORS = [  # (id, body, part of the error): INVALID_ARGUMENT (400)
      "quotation mark in string. at offset: 17"),
     ("rapidjson:kParseErrorStringEscapeInvalid", b'{"instances": ["\\x"]}', "JSON Parse error: Invalid escape "
      "character in string."),
+    ("rapidjson:kParseErrorStringUnicodeSurrogateInvalid", b'{"instances": ["\\ud800"]}',
+     "JSON Parse error: The surrogate pair in string is invalid. at offset: 16"),
     ("rapidjson:kParseErrorDocumentEmpty", b" \n ", "JSON Parse error: The document is empty. at offset: 3"),
 ]
 
@@ -623,19 +627,27 @@ def test_a_request_trickled_byte_by_byte_is_cut_at_the_read_timeout(server):
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
 
 
-def test_log_lines_stay_whole_under_concurrency(server, tmp_path, monkeypatch):
-    # One line per request: 64 concurrent requests, each its own line that parses
-    path = tmp_path / "stderr.log"
+def test_log_lines_stay_whole_under_concurrency(server, monkeypatch):
+    # One line per request: 64 concurrent requests, each its own line that parses, on a stderr
+    # like the server's own (a line-buffered, write-through pipe to whatever collects the log)
+    read_end, write_end = os.pipe()
+    stderr = io.TextIOWrapper(io.FileIO(write_end, "w"), line_buffering=True, write_through=True)
+    collected = []
+    reader = threading.Thread(target=lambda: collected.append(b"".join(iter(lambda: os.read(read_end, 65536), b""))))
+    reader.start()
     paths = [f"/v1/models/chargen{'x' * i}" for i in range(32)] + ["/v1/models/chargen"] * 32
-    with open(path, "w") as f:
-        monkeypatch.setattr(sys, "stderr", f)
-        threads = [threading.Thread(target=rest, args=(server, "GET", p)) for p in paths]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        monkeypatch.undo()
-    lines = path.read_text().splitlines()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    threads = [threading.Thread(target=rest, args=(server, "GET", p)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(1.0)  # a reply is sent before its line is written
+    monkeypatch.undo()
+    stderr.close()
+    reader.join()
+    os.close(read_end)
+    lines = collected[0].decode().splitlines()
     pattern = re.compile(r"^GET /v1/models/chargen(x*) (200|404) rows=0 [\d.]+ms$")
     assert len(lines) == len(paths) and all(pattern.match(line) for line in lines), lines
     assert sorted(len(pattern.match(line).group(1)) for line in lines) == sorted(len(p) - 18 for p in paths)
