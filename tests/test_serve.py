@@ -526,7 +526,7 @@ def test_stream_is_404_for_a_model_without_start_and_continue(loaded, tmp_path):
         status, _, reply = sse({"instances": [row]}, f"{s.rest_url}/v1/models/chargen:stream")
         assert status == 404 and "no streaming signatures (start, continue): use :predict" in reply["error"]
         # RestClient.stream falls back to start/continue... which this model lacks: a clear error.
-        with pytest.raises(ServingError, match='Serving signature key "start" not found'):
+        with pytest.raises(ServingError, match='Serving signature name: "start" not found in signature def'):
             list(RestClient(s.rest_url, retries=0).stream("Today "))
         if CHROMIUM is None:
             skip_or_fail("no chromium installed (apt-get install -y chromium); CI=true makes this a failure")
