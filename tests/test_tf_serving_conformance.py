@@ -447,6 +447,23 @@ def test_floats_are_written_as_tf_serving_writes_them(server):
     assert f'"log_prob": {float_text(np.float32(value))}'.encode() in data
 
 
+def test_replies_in_row_and_columnar_form(server):
+    # JSON:FromJsonSingleBytesTensor (outputs named *_bytes are {"b64": ...}, other strings as they
+    # are), JSON:FromJsonMultipleNamedTensors (row: an object per row; columnar: an object of
+    # lists), JSON:FromJsonSingleZeroBatchTensor/FromJsonMultipleZeroBatchTensors (empty lists)
+    body = {"signature_name": "start", "instances": [ROW, dict(ROW, prompt="cd")]}
+    status, data = predict(server, body)
+    rows = json.loads(data)["predictions"]
+    assert status == 200 and len(rows) == 2 and set(rows[0]) == set(contract.START_OUTPUTS)
+    assert all(set(r[contract.STATE]) == {"b64"} and isinstance(r["text"], str) for r in rows)
+    status, data = predict(server, {"signature_name": "start", "inputs": gen_inputs()})
+    columns = json.loads(data)["outputs"]
+    assert status == 200 and set(columns) == set(contract.START_OUTPUTS) and len(columns["num_chars"]) == 1
+    assert set(columns[contract.STATE][0]) == {"b64"}
+    status, data = predict(server, {"signature_name": "score", "inputs": {"text": []}})
+    assert status == 200 and json.loads(data) == {"outputs": {k: [] for k in contract.SCORE_OUTPUTS}}, data
+
+
 # ---------------------------------------------------------------------------- gRPC
 
 

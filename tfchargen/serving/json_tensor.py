@@ -1,10 +1,10 @@
 """TF Serving's JSON of tensors and protos (``util/json_tensor.cc``, ``api_rest.md``), for
-both ends: the server reads predict bodies into numpy arrays and writes replies; the client
-writes inputs and reads outputs. Strings are JSON strings, or ``{"b64": ...}`` for bytes
-that are not UTF-8 and for outputs whose name ends in ``_bytes``.
+both ends: the server writes replies (MakeJsonFromTensors: its float form, ``_bytes``
+outputs as ``{"b64": ...}``) and status/metadata; the client writes inputs and reads
+outputs. Strings are JSON strings, or ``{"b64": ...}`` for bytes that are not UTF-8. The
+server reads request bodies with json_parse.py and json_request.py.
 
-No TensorFlow import: the server passes the signature's dtypes (tf.DType) in, and the REST
-client runs without TensorFlow.
+No TensorFlow import: the REST client runs without TensorFlow.
 """
 
 from __future__ import annotations
