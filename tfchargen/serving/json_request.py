@@ -13,7 +13,7 @@ import binascii
 import numpy as np
 
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_parse import debug_string, json_type, utf8
+from tfchargen.serving.json_text import debug_string, json_type, utf8
 
 _MAX_DIMS = 254  # TensorShape's kMaxDims: deeper lists are no tensor (and would exhaust the stack here)
 _DTYPE_NAMES = {"float32": "float", "float64": "double"}  # DataTypeString, where it differs

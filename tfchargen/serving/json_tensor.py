@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_parse import json_string, utf8
+from tfchargen.serving.json_text import json_string, utf8
 
 
 def as_bytes(value) -> bytes:

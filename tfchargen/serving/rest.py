@@ -10,9 +10,10 @@ import re
 from tfchargen.serving import urls
 from tfchargen.serving.classify import signature_error
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_parse import debug_string, error_body, parse_json_body
+from tfchargen.serving.json_parse import parse_json_body
 from tfchargen.serving.json_request import check_examples, request_tensors
 from tfchargen.serving.json_tensor import metadata_json, response_json, status_json
+from tfchargen.serving.json_text import debug_string, error_body
 from tfchargen.serving.servable import STREAM_SIGNATURES
 from tfchargen.serving.stream import as_signature_arrays, sse_event, sse_events, stream_request
 from tfchargen.serving.transport import HttpError, RequestHandler

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tfchargen.serving.config import LIMITS
 from tfchargen.serving.errors import ServerError, log
-from tfchargen.serving.json_parse import error_body
+from tfchargen.serving.json_text import error_body
 
 
 class HttpError(Exception):
