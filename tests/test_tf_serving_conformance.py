@@ -522,6 +522,18 @@ def test_predict_missing_or_empty_model_spec(stub):
     assert rpc_error(stub.Predict, request) == ("FAILED_PRECONDITION", 'Serving signature key "nope" not found.')
 
 
+def test_predict_input_tensors_have_wrong_type(stub):
+    # predict_impl_test.cc:InputTensorsHaveWrongType: a string tensor for a float input
+    request = score_request()
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["prompt"].CopyFrom(request.inputs.pop("text"))
+    request.inputs["prompt"].dtype = types_pb2.DT_FLOAT
+    request.inputs["prompt"].ClearField("string_val")
+    request.inputs["prompt"].float_val.append(2.0)
+    code, message = rpc_error(stub.Predict, request)
+    assert code == "INVALID_ARGUMENT" and "Expects arg[prompt] to be string but float" in message
+
+
 def test_predict_output_filter(stub):
     # predict_impl_test.cc:OutputFiltersDontMatchModelSpecOutputs (predict_util.cc PreProcessPrediction)
     request = score_request()
