@@ -205,7 +205,7 @@ def test_errors_have_tf_servings_codes(server):
     cases = [  # (method, url, body, HTTP status, part of the error)
         ("POST", f"{u}/chargen:predict", b"{not json", 400, "JSON Parse error"),
         ("POST", f"{u}/chargen:predict", b"", 400, "document is empty"),
-        ("POST", f"{u}/chargen:predict", [1, 2], 400, "not an object"),
+        ("POST", f"{u}/chargen:predict", [1, 2], 400, "Is not object"),
         ("POST", f"{u}/chargen:predict", {"instances": [7]}, 400, "is not of expected type: string"),
         ("POST", f"{u}/chargen:predict", {"signature_name": "generate", "inputs": {"prompt": ["x"]}}, 400,
          "Missing named input: "),
@@ -213,16 +213,20 @@ def test_errors_have_tf_servings_codes(server):
             {"prompt": "x", "max_length": 5, "temperature": 1.0, "top_k": 0, "top_p": 2.0, "seed": 0}]}, 400,
          contract.MSG_TOP_P),
         ("POST", f"{u}/chargen:predict", {"signature_name": "nope", "instances": ["x"]}, 400,
-         'Serving signature key "nope" not found'),
+         'Serving signature name: "nope" not found in signature def'),
         ("POST", f"{u}/other:predict", {"instances": ["x"]}, 404, "Servable not found for request: Latest(other)"),
         ("POST", f"{u}/chargen/versions/9:predict", {"instances": ["x"]}, 404, "Specific(chargen, 9)"),
         ("GET", f"{u}/chargen/versions/9", None, 404, "Could not find version 9 of model chargen"),
-        ("GET", f"{server.url}/nowhere", None, 404, "Malformed request"),
+        ("GET", f"{u}/chargen/nowhere", None, 400, "Malformed request: GET /v1/models/chargen/nowhere"),
+        ("POST", f"{u}/chargen:classify", {"examples": [{"x": 1}]}, 400, "Expected one or two output Tensors"),
+        ("PUT", f"{u}/chargen", {}, 400, "Malformed request: PUT /v1/models/chargen"),
         ("POST", f"{u}/chargen:stream", {"prompt": "x"}, 400, "Missing 'inputs' or 'instances' key"),
     ]
     for method, url, body, want_status, want_text in cases:
         status, reply = http_json(method, url, body)
         assert status == want_status and want_text in reply["error"], (url, body, status, reply)
+    status, page = http("GET", f"{server.url}/nowhere")  # outside /v1/: TF Serving's (libevent's) 404 page
+    assert status == 404 and b"<TITLE>404 Not Found</TITLE>" in page
     # A body over the limit is refused from its Content-Length, unread.
     status, reply = fuzz_server._post(urllib.parse.urlsplit(server.url), "/v1/models/chargen:predict", b"",
                                       content_length=(8 << 20) + 1)
@@ -522,7 +526,7 @@ def test_stream_is_404_for_a_model_without_start_and_continue(loaded, tmp_path):
         status, _, reply = sse({"instances": [row]}, f"{s.rest_url}/v1/models/chargen:stream")
         assert status == 404 and "no streaming signatures (start, continue): use :predict" in reply["error"]
         # RestClient.stream falls back to start/continue... which this model lacks: a clear error.
-        with pytest.raises(ServingError, match='Serving signature key "start" not found'):
+        with pytest.raises(ServingError, match='Serving signature name: "start" not found in signature def'):
             list(RestClient(s.rest_url, retries=0).stream("Today "))
         if CHROMIUM is None:
             skip_or_fail("no chromium installed (apt-get install -y chromium); CI=true makes this a failure")

@@ -8,8 +8,9 @@ missing and extra inputs, both or neither of instances/inputs, bad base64, contr
 graph refuses, NaN/Infinity tokens, mismatched row counts, unknown models, versions,
 signatures and paths, bodies over the size limit, raw protocol garbage, clients that hang
 up mid-body) and, after each, one good request. Every bad request must get a JSON
-``{"error": ...}`` with a 4xx status TF Serving would use (never a 5xx, a hang or a closed
-connection without an answer, except where the client itself hung up), and every good
+``{"error": ...}`` with the 4xx status TF Serving would use (never a 5xx, a hang or a closed
+connection without an answer, except where the client itself hung up; a path outside /v1/
+gets TF Serving's HTML 404 page), and every good
 request must succeed. Exit code 1 on any violation; with --json, writes the counts.
 """
 
@@ -72,10 +73,18 @@ def _case(rng: random.Random, model: str, limit: int) -> tuple[str, str, bytes, 
         inputs["prompt"] = ["a", "b"]
         return kind, path, json.dumps({"signature_name": "generate", "inputs": inputs}).encode(), {400}
     if kind == "unknown":
+        # TF Serving's codes (http_rest_api_handler.cc, http_rest_api_util.cc, http_server.cc): unknown
+        # models and versions 404; URLs its grammar refuses, versions past int64, :classify without
+        # "examples" and unknown signatures 400; paths outside /v1/ libevent's 404 page.
         path, status = rng.choice([(f"/v1/models/no-{model}:predict", 404),
                                    (f"/v1/models/{model}/versions/999:predict", 404),
-                                   (f"/v1/models/{model}:classify", 404), ("/v2/x", 404),
-                                   (path, 400)])  # the last: an unknown signature (FAILED_PRECONDITION)
+                                   (f"/v1/models/{model}:classify", 400), (f"/v1/models/{model}:regress", 400),
+                                   (f"/v1/models/{model}:explain", 400), ("/v1/x", 400), ("/v1/models", 400),
+                                   (f"/v1/models/{model}/versions/{2 ** 64}:predict", 400),
+                                   (f"/v1/models/{model}/labels/none:predict", 400), ("/v2/x", 404),
+                                   (path, 400)])  # the last: an unknown signature
+        if path == "/v2/x":
+            return "unknown_path", path, b"{}", {404}
         return kind, path, json.dumps({"signature_name": "nope", "instances": ["a"]}).encode(), {status}
     if kind == "too_big":
         return kind, path, b"", {413}  # sent with a Content-Length over the limit (see fuzz())
@@ -124,7 +133,7 @@ def fuzz(url: str, model: str = "chargen", cases: int = 1000, seed: int = 0, bod
             if kind == "raw_garbage":
                 reply = _raw(u, bytes(rng.getrandbits(8) for _ in range(64)) + b"\r\n\r\n")
                 first = reply.split(b"\r\n")[0].split(b" ")
-                ok = reply == b"" or first[0].startswith(b"HTTP/") and first[1][:1] == b"4" and b'{"error": ' in reply
+                ok = reply == b"" or first[0].startswith(b"HTTP/") and first[1][:1] == b"4" and b'"error": ' in reply
             elif kind == "hangup_mid_body":
                 head = f"POST /v1/models/{model}:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{{"
                 _raw(u, head.encode(), read=False)
@@ -141,8 +150,11 @@ def fuzz(url: str, model: str = "chargen", cases: int = 1000, seed: int = 0, bod
                     status, reply = _post(u, path, b"", content_length=body_limit + rng.randint(1, 1 << 30))
                 else:
                     status, reply = _post(u, path, body)
-                error = json.loads(reply).get("error") if status != 200 else None
-                ok = status in allowed and (status == 200 or isinstance(error, str) and error != "")
+                if kind == "unknown_path":  # libevent's HTML page, as TF Serving answers it
+                    ok = status in allowed and b"<TITLE>404 Not Found</TITLE>" in reply
+                else:
+                    error = json.loads(reply).get("error") if status != 200 else None
+                    ok = status in allowed and (status == 200 or isinstance(error, str) and error != "")
             except (OSError, http.client.HTTPException, ValueError) as e:
                 status, ok, reply = f"exception {type(e).__name__}", False, str(e).encode()
         counts[kind] += 1

@@ -302,8 +302,8 @@ class RestClient(_Client):
 
     def stream(self, prompt, controls: Controls | None = None, chunk: int = DEFAULT_CHUNK, **control_values):
         """Like :meth:`_Client.stream`, through ``POST ...:stream`` (server-sent events, one
-        request) when the server has it: ``tfchargen serve`` does, TF Serving does not (404),
-        nor does a model without ``start``/``continue`` (404) or an older server (501); those
+        request) when the server has it: ``tfchargen serve`` does, TF Serving does not (400
+        "Malformed request"), nor does a model without ``start``/``continue`` (404); those
         stream through ``start``/``continue`` on ``:predict``, with its per-chunk retries.
         ``:stream`` is retried like any request until its first event arrives; a connection
         lost after that is a ServingError (the text so far has been yielded)."""
@@ -318,7 +318,8 @@ class RestClient(_Client):
         try:
             resp = self._open("POST", url, body)
         except ServingError as e:
-            if e.code not in ("HTTP 404", "HTTP 501") or "Servable not found" in str(e):
+            unknown_verb = e.code == "HTTP 400" and "Malformed request" in str(e)
+            if not (unknown_verb or e.code in ("HTTP 404", "HTTP 501")) or "Servable not found" in str(e):
                 raise
             yield from super().stream(prompt, controls, chunk)
             return

@@ -3,7 +3,9 @@ name and a message, with TF Serving's status tables) and one log line on stderr.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 
 # TF Serving's http_server.cc ToHTTPStatusCode.
 HTTP_STATUS = {"OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
@@ -37,5 +39,19 @@ class ServerError(Exception):
         return HTTP_STATUS.get(self.code, 500)
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """One line on stderr in one write (lines of concurrent requests never interleave)."""
+    data = (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace")
+    with _LOG_LOCK:
+        try:
+            sys.stderr.flush()
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured)
+            sys.stderr.write(data.decode("utf-8"))
+            sys.stderr.flush()
+            return
+        while data:
+            data = data[os.write(fd, data):]

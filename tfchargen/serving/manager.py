@@ -158,6 +158,8 @@ class ModelManager:
         return self.labels[label]
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        if not name:
+            raise ServerError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
         if label is not None and name == self.name:
             version = self.version_of(label)
         with self._lock:

@@ -57,6 +57,8 @@ class Models:
             return dict(self._managers)
 
     def _manager(self, name: str, version: int | None, label: str | None) -> ModelManager:
+        if not name:
+            raise ServerError("INVALID_ARGUMENT", "ModelSpec has no name specified.")
         manager = self.managers().get(name)
         if manager is None:
             if label is not None:  # ServerCore resolves the label first: no label map for this name

@@ -49,7 +49,5 @@ class RestHandler(rest.RestHandler):
         if wanted and path == wanted:
             return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
         if path == rest.METRICS_PATH:  # rest.py serves it there; not when the config says otherwise
-            return self._send(404, {"error": f"Malformed request: GET {self.path[:200]}"})
+            return self._send(404, rest.NOT_FOUND_PAGE, "text/html", close=True)  # outside /v1/: libevent's
         return super().do_GET()
-
-    do_HEAD = do_GET

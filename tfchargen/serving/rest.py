@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import re
 
+from tfchargen.serving import urls
+from tfchargen.serving.classify import signature_error
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_tensor import metadata_json, parse_json_body, request_tensors, response_json, status_json
+from tfchargen.serving.json_parse import parse_json_body
+from tfchargen.serving.json_request import check_examples, request_tensors
+from tfchargen.serving.json_tensor import metadata_json, response_json, status_json
+from tfchargen.serving.json_text import debug_string, error_body
 from tfchargen.serving.servable import STREAM_SIGNATURES
 from tfchargen.serving.stream import as_signature_arrays, sse_event, sse_events, stream_request
 from tfchargen.serving.transport import HttpError, RequestHandler
+from tfchargen.serving.urls import V1
 
 METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path for its metrics
 
-# /v1/models/NAME[/versions/N] then /metadata, :predict or :stream (or nothing: status).
-_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?:(/metadata)|:(predict|stream))?$")
 
 
 def page(model_name: str) -> bytes:
@@ -38,34 +42,44 @@ def metrics_text(manager) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _model(m: re.Match) -> tuple[str, int | None]:
-    return m.group(1), int(m.group(2)) if m.group(2) else None
+NOT_FOUND_PAGE = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
 
 
 class RestHandler(RequestHandler):
-    """TF Serving's REST API over the server's :class:`~tfchargen.serving.manager.ModelManager`."""
+    """TF Serving's REST API over the server's :class:`~tfchargen.serving.manager.ModelManager`.
+
+    Every method reaches :meth:`_dispatch`, as TF Serving's handler sees every method: a path
+    outside ``/v1/`` is libevent's 404 page, a method or path its URL grammar (urls.py) does not
+    accept is its 400 "Malformed request"; OPTIONS is its CORS preflight."""
 
     def do_GET(self):
         if self.path.split("?", 1)[0] in ("/", "/index.html"):  # the page reads its query string itself
             return self._send(200, page(self.server.manager.name), "text/html; charset=utf-8")
         if self.path == METRICS_PATH:
             return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
-        m = _PATH.match(self.path)
-        if not m or m.group(4):
-            return self._send(404, {"error": f"Malformed request: GET {self.path[:200]}"})
-        self._serve(self._api_metadata if m.group(3) else self._api_status, *_model(m))
+        self._dispatch()
 
-    do_HEAD = do_GET
+    def do_HEAD(self):
+        if self.path.split("?", 1)[0] in ("/", "/index.html"):
+            return self.do_GET()
+        self._dispatch()
 
     def do_POST(self):
+        self._dispatch()
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_POST
+
+    def _dispatch(self) -> None:
         try:
             body = self._read_body()
         except HttpError as e:  # the body was not read: this connection cannot be reused
-            return self._send(e.status, {"error": e.message}, close=True)
-        m = _PATH.match(self.path)
-        if not m or not m.group(4):
-            return self._send(404, {"error": f"Malformed request: POST {self.path[:200]}"})
-        self._serve(self._api_stream if m.group(4) == "stream" else self._api_predict, *_model(m), body)
+            return self._send(e.status, error_body(e.message), close=True)
+        if not V1.fullmatch(self.path):
+            return self._send(404, NOT_FOUND_PAGE, "text/html", close=True)
+        if self.command == "OPTIONS":  # http_server.cc: CORS preflight, an empty reply
+            ok = re.search(r"https?://", self.headers.get("Origin") or "")
+            return self._send(200 if ok else 400, b"")
+        self._serve(self._api, body)
 
     def _serve(self, api, *args) -> None:
         """Runs one API method as an in-flight request; its ServerError is the reply."""
@@ -78,32 +92,40 @@ class RestHandler(RequestHandler):
         finally:
             self._end()
 
-    def _api_status(self, name: str, version: int | None) -> None:
-        self._send(200, status_json(self.server.manager.status(name, version)))
-
-    def _api_metadata(self, name: str, version: int | None) -> None:
-        self._send(200, metadata_json(self.server.manager.metadata(name, version)))
-
-    def _api_predict(self, name: str, version: int | None, body: bytes) -> None:
+    def _api(self, body: bytes) -> None:
+        call = urls.parse(self.command, self.path)
+        manager = self.server.manager
+        if call.api == "status":  # GetModelStatus ignores a version label
+            return self._send(200, status_json(manager.status(call.name, call.version)))
+        if call.api == "metadata":
+            return self._send(200, metadata_json(manager.metadata(call.name, call.version, call.label)))
         doc = parse_json_body(body)
-        servable = self.server.manager.get(name, version)
+        if not isinstance(doc.get("signature_name", ""), str):  # FillSignature
+            raise ServerError("INVALID_ARGUMENT", f"JSON Value: {debug_string(doc)} not formatted correctly. "
+                              "'signature_name' key must be a string value.")
         signature_name = doc.get("signature_name", "")
-        if not isinstance(signature_name, str):
-            raise ServerError("INVALID_ARGUMENT", "'signature_name' key must be a string value.")
-        tensors, fmt = request_tensors(doc, servable.inputs[servable.signature(signature_name)])
-        self._rows = len(next(iter(tensors.values()))) if tensors else 0
-        out = servable.predict(signature_name, tensors)
-        self._send(200, response_json(out, fmt))
+        if call.api in ("classify", "regress"):
+            check_examples(doc)
+            servable = manager.get(call.name, call.version, call.label)
+            raise signature_error(servable.signature_defs, signature_name, call.api)
+        servable = manager.get(call.name, call.version, call.label)
+        if call.api == "stream":
+            return self._api_stream(call.name, servable, doc)
+        name = signature_name or "serving_default"
+        if name not in servable.signatures:  # GetInfoMap
+            raise ServerError("INVALID_ARGUMENT", f'Serving signature name: "{name}" not found in signature def')
+        tensors, fmt = request_tensors(doc, servable.inputs[name])
+        first = next(iter(tensors.values()), None)
+        self._rows = len(first) if first is not None and first.ndim else 0
+        self._send(200, response_json(servable.predict(signature_name, tensors), fmt))
 
-    def _api_stream(self, name: str, version: int | None, body: bytes) -> None:
+    def _api_stream(self, name: str, servable, doc: dict) -> None:
         """``:stream``: ``generate``'s request answered as server-sent events, chunk by chunk,
         through the model's ``start``/``continue`` signatures (:func:`stream_request`,
         :func:`sse_events`). A bad request is a JSON error before any event; the connection
         closes after the last event. A client that goes away stops its generation."""
-        doc = parse_json_body(body)
-        servable = self.server.manager.get(name, version)
         if not servable.has_streaming():
-            raise ServerError("NOT_FOUND", f"{self.server.manager.name} version {servable.version} has no "
+            raise ServerError("NOT_FOUND", f"{name} version {servable.version} has no "
                               f"streaming signatures ({', '.join(STREAM_SIGNATURES)}): use :predict")
         inputs, chunk = stream_request(doc, servable.inputs[servable.signature("generate")])
         self._rows = len(inputs["prompt"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfchargen import contract
 from tfchargen.serving.errors import ServerError
-from tfchargen.serving.json_tensor import request_tensors
+from tfchargen.serving.json_request import request_tensors
 from tfchargen.serving.servable import check_inputs
 
 

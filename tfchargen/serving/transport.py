@@ -4,6 +4,7 @@ What a request means is rest.py's."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tfchargen.serving.config import LIMITS
 from tfchargen.serving.errors import ServerError, log
+from tfchargen.serving.json_text import error_body
 
 
 class HttpError(Exception):
@@ -20,6 +22,50 @@ class HttpError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class RequestDeadline(Exception):
+    """The client has not sent its whole request (headers and body) within the read timeout."""
+
+
+class DeadlineReader(io.RawIOBase):
+    """A connection's reads, bounded per request: the first byte of a request starts its
+    clock (``start()`` resets it), and no read waits past ``timeout`` seconds after it. Before
+    a request's first byte a read waits ``timeout`` (an idle connection) and then fails with
+    TimeoutError; past the deadline reads raise RequestDeadline."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
+        super().__init__()
+        self.sock, self.timeout, self.deadline, self.reading = sock, timeout, None, True
+
+    def readable(self) -> bool:
+        return True
+
+    def start(self) -> None:
+        self.deadline, self.reading = None, True
+
+    def done(self) -> None:
+        """The request is read: later reads (there are none before the next request) are not bound."""
+        self.reading = False
+
+    def readinto(self, buffer) -> int:
+        wait = self.timeout
+        if self.reading and self.deadline is not None:
+            wait = self.deadline - time.monotonic()
+            if wait <= 0:
+                raise RequestDeadline()
+        self.sock.settimeout(wait)
+        try:
+            n = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.reading and self.deadline is not None:
+                raise RequestDeadline() from None
+            raise
+        finally:
+            self.sock.settimeout(self.timeout)  # writes keep the plain timeout
+        if n and self.reading and self.deadline is None:
+            self.deadline = time.monotonic() + self.timeout
+        return n
 
 
 class RestServer(ThreadingHTTPServer):
@@ -65,7 +111,7 @@ class RestServer(ThreadingHTTPServer):
 def _raw_reply(status: int, payload: dict) -> bytes:
     from http import HTTPStatus
 
-    body = json.dumps(payload).encode()
+    body = error_body(payload["error"]) if set(payload) == {"error"} else json.dumps(payload).encode()
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
@@ -85,6 +131,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
         # holds the body back until the client's delayed ACK on a kept-alive connection.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
 
     def log_message(self, *args):  # our own line per request instead (see _done)
         pass
@@ -93,16 +141,24 @@ class RequestHandler(BaseHTTPRequestHandler):
         """http.server's protocol errors (bad request line, headers too long) as JSON."""
         self.command = self.command or "-"
         self.path = getattr(self, "path", "") or "-"
-        self._send(code, {"error": message or explain or "bad request"}, close=True)
+        self._send(code, error_body(message or explain or "bad request"), close=True)
 
     def handle_one_request(self):
         self._t0, self._rows, self._status = time.monotonic(), 0, None
+        self.command, self.path, self.requestline = None, "", ""  # not the last request's
+        self.request_version = self.default_request_version
+        self.reader.start()
         try:  # http.server itself closes a connection idle past the timeout
             super().handle_one_request()
+        except RequestDeadline:  # request line, headers or body still incomplete at the deadline
+            self.command, self.path = self.command or "-", self.path or "-"
+            self._send(408, error_body(f"the request was not received within "
+                                       f"{self.server.limits['read_timeout_s']:g} s"), close=True)
         except (ConnectionError, BrokenPipeError):
             self.close_connection = True
 
     def _send(self, status: int, payload, content_type="application/json", close=False) -> None:
+        self.reader.done()
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
         self._status = status
         try:
@@ -120,7 +176,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._done()
 
     def _error(self, e: ServerError, close=False) -> None:
-        self._send(e.http_status, {"error": e.message}, close=close)
+        self._send(e.http_status, error_body(e.message), close=close)
 
     def _done(self) -> None:
         ms = (time.monotonic() - self._t0) * 1000
@@ -152,11 +208,12 @@ class RequestHandler(BaseHTTPRequestHandler):
                                  f"{self.server.limits['max_body_bytes']} bytes")
         try:
             body = self.rfile.read(length)
-        except TimeoutError:
-            raise HttpError(408, f"the request body was not received within "
+        except (TimeoutError, RequestDeadline):
+            raise HttpError(408, f"the request was not received within "
                                  f"{self.server.limits['read_timeout_s']:g} s") from None
         if len(body) < length:
             raise ConnectionError("the client closed the connection mid-body")
+        self.reader.done()
         return body
 
     def _write_quietly(self, data: bytes) -> None:
