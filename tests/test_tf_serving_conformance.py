@@ -60,8 +60,9 @@ def server(tmp_path_factory):
     r = run_cli("export", "--run-dir", run, "--export-base", base)
     assert r.returncode == 0, r.stderr[-3000:]
     config = tmp_path_factory.mktemp("conformance-config") / "models.config"
-    config.write_text(f"""model_config_list {{ config {{ name: "chargen" base_path: "{base}" model_platform: "tensorflow"
-        version_labels {{ key: "stable" value: 1 }} version_labels {{ key: "canary" value: 7 }} }} }}""")
+    config.write_text(f"""model_config_list {{ config {{ name: "chargen" base_path: "{base}"
+        model_platform: "tensorflow" version_labels {{ key: "stable" value: 1 }}
+        version_labels {{ key: "canary" value: 7 }} }} }}""")
     with Server(None, port=0, grpc_port=0, read_timeout_s=READ_TIMEOUT_S, models=read_model_config(str(config)),
                 model_config_file=str(config), allow_unavailable_labels=True) as s:  # canary: not loaded
         yield s
