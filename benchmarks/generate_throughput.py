@@ -64,7 +64,7 @@ from tfchargen.training import rundir  # noqa: E402
 
 PROMPT = "Today "
 METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel", "savedmodel_xla",
-           "onestep_tutorial", "onestep_loop",
+           "minimal_plain", "minimal_xla", "onestep_tutorial", "onestep_loop",
            "teaching_quadratic")
 TFCHARGEN_METHODS = ("generator", "generator_seeded", "generator_xla", "generator_xla_seeded", "savedmodel",
                      "savedmodel_xla")
@@ -230,6 +230,36 @@ def onestep_factory(rnn, vocab, length):
     return make
 
 
+def minimal_factory(rnn, vocab, length, jit_compile):
+    """The floor: the least a generation loop of this model does. One tf.while_loop over
+    the cells (the first layer's input projection gathered, as Generator does), the dense
+    head, log_softmax and tf.random.categorical, from the prompt's state; no controls, no
+    per-row stopping, no strings. Generator's loop is reported as a fraction of it."""
+    def make(batch):
+        table = rnn.input_table()
+
+        @tf.function(jit_compile=jit_compile, autograph=False)
+        def run(first, states):
+            out = tf.TensorArray(tf.int32, size=length)
+
+            def body(i, ids, states, out):
+                logits, states = rnn.step(ids, states, table)
+                nxt = tf.random.categorical(tf.nn.log_softmax(logits), 1, dtype=tf.int32)[:, 0]
+                return i + 1, nxt, states, out.write(i, nxt)
+
+            _, _, _, out = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(0), first, states, out))
+            return tf.transpose(out.stack())
+
+        prompt = prompt_ids(vocab, batch)
+        states = rnn.stepper([prompt[:, :-1], *rnn.zero_states(batch)], training=False)[1:]
+        first = prompt[:, -1]
+
+        def call():
+            return int(tf.size(run(first, list(states))))
+        return call, {}
+    return make
+
+
 def teaching_factory(rnn, vocab, length):
     """The teaching example's way: the whole prefix through the whole model per character."""
     def make(batch):
@@ -321,6 +351,36 @@ def plot(report, path):
     return path
 
 
+def call_cost(path, repeats):
+    """Median seconds of one generate call on the export at batch 1, max_length 0 and 1."""
+    sig = tf.saved_model.load(path).signatures["generate"]
+    out = {}
+    for n in (0, 1):
+        inputs = controls(1, n)
+        sig(**inputs)
+        times = []
+        while len(times) < max(50, repeats) or sum(times) < 1.0:
+            t0 = time.perf_counter()
+            sig(**inputs)["num_chars"].numpy()
+            times.append(time.perf_counter() - t0)
+        out[f"max_length_{n}_s"] = statistics.median(times)
+    return out
+
+
+TARGET_OF_MINIMAL = {"savedmodel": ("minimal_plain", 0.6), "savedmodel_xla": ("minimal_xla", 0.85)}
+
+
+def of_minimal(results):
+    """Each export's chars/s as a fraction of the minimal loop's, per batch measured."""
+    report = {}
+    for export, (floor, target) in TARGET_OF_MINIMAL.items():
+        rows = {b: r["chars_per_second"] / results[floor][b]["chars_per_second"]
+                for b, r in results.get(export, {}).items() if b in results.get(floor, {})}
+        report[export] = {"vs": floor, "by_batch": rows, "target_batch1": target,
+                          "met": None if "1" not in rows else rows["1"] >= target}
+    return report
+
+
 def parse_ints(text):
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -377,6 +437,8 @@ def main(argv=None):
             "generator_xla": generator_factory(rnn, vocab, True, args.length),
             "generator_seeded": generator_factory(rnn, vocab, False, args.length, seeded=True),
             "generator_xla_seeded": generator_factory(rnn, vocab, True, args.length, seeded=True),
+            "minimal_plain": minimal_factory(rnn, vocab, args.length, jit_compile=False),
+            "minimal_xla": minimal_factory(rnn, vocab, args.length, jit_compile=True),
             "onestep_tutorial": onestep_tutorial_factory(rnn, vocab, args.length),
             "onestep_loop": onestep_factory(rnn, vocab, args.length),
             "teaching_quadratic": teaching_factory(rnn, vocab, args.teaching_length),
@@ -415,6 +477,10 @@ def main(argv=None):
                 ceiling[str(batch)] = r
                 print(f"[matmul_ceiling] batch {batch}: {r['gflops']:.1f} GFLOP/s -> "
                       f"<= {r['chars_per_second_bound']:,.0f} chars/s", flush=True)
+        fixed_cost = {m: call_cost(e["path"], args.repeats) for m, e in exports.items()}
+        for m, c in fixed_cost.items():
+            print(f"[{m}] batch 1 call: {1e3 * c['max_length_0_s']:.2f} ms at max_length 0, "
+                  f"{1e3 * c['max_length_1_s']:.2f} ms at 1", flush=True)
         machine["loadavg_after"] = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -459,6 +525,7 @@ def main(argv=None):
             verdict = "-" if t["met"] is None else "met" if t["met"] else "MISSED"
             print(f"target {name}: {v} (>= {t['target']:,}) {verdict}")
 
+    targets["of_minimal_loop"] = of_minimal(results)
     report = {
         "benchmark": "generate_throughput",
         "config": {
@@ -475,11 +542,16 @@ def main(argv=None):
             "first_call_seconds": "first call on a fresh Generator, freshly loaded SavedModel or fresh "
                                   "tf.function: includes tracing and XLA compilation (not SavedModel loading)",
             "fraction_of_ceiling": "chars_per_second / matmul_ceiling chars_per_second_bound at that batch",
+            "of_minimal_loop": "an export's chars/s / the minimal loop's (minimal_factory) at that batch, "
+                               "plain and XLA alike; targets: plain >= 0.6, XLA >= 0.85 at batch 1",
+            "call_cost_batch1_seconds": "median seconds of one generate call at batch 1 with max_length 0 "
+                                        "and 1: the work around the loop",
             "teaching_quadratic": "measured at teaching_length characters per row: being O(n^2), "
                                   "its chars/s at length would be lower still",
         },
         "exports": {m: {"export_seconds": e["export_seconds"]} for m, e in exports.items()},
         "targets": targets,
+        "call_cost_batch1_seconds": fixed_cost,
         "results": results,
         "matmul_ceiling": ceiling,
     }

@@ -214,3 +214,60 @@ def test_generator_seeded_row_alone_and_in_a_batch_of_64_give_the_same_text(untr
     alone = g.generate(*args(slice(row, row + 1)))
     assert together["text"].numpy()[row] == alone["text"].numpy()[0]
     assert together["log_prob"].numpy()[row] == pytest.approx(alone["log_prob"].numpy()[0], abs=1e-4)
+
+
+class PerStep(Categorical):
+    """Categorical without lean plans: every batch runs the general step."""
+
+    def plans(self, controls):
+        return []
+
+
+def loop_ops(g, controls):
+    """The op types of each decoding loop's body (those holding LogSoftmax; the prompt pass
+    is a loop too) in the generate graph for ``controls``' shapes."""
+    fn = tf.function(lambda p, c: g.generate(p, c), autograph=False)
+    graph = fn.get_concrete_function(tf.constant(["ab"]), controls).graph.as_graph_def()
+    lib = {f.signature.name: f for f in graph.library.function}
+    bodies = [n.attr["body"].func.name for f in lib.values() for n in f.node_def if n.op in ("While", "StatelessWhile")]
+    ops = [{n.op for n in lib[b].node_def} for b in bodies]
+    return [o for o in ops if "LogSoftmax" in o]
+
+
+@pytest.mark.parametrize("kind", ["greedy", "greedy top-k", "seeded", "unseeded", "mixed", "seeded top-p"])
+def test_lean_loops_give_the_general_steps_ids(untrained, kind):
+    """A batch whose rows all ask for one kind of draw runs a loop chosen once per call;
+    its ids, log-probs and endings are those of the general step, row for row."""
+    rnn, vocab = untrained
+    n = 6
+    temperature = {"greedy": 0.0, "greedy top-k": 0.0}.get(kind, 1.3)
+    seed = tf.zeros([n], tf.int64) if kind == "unseeded" else tf.range(1, n + 1, dtype=tf.int64)
+    controls = ControlTensors(tf.constant([40, 0, 1, 17, 40, 40]), tf.fill([n], temperature),
+                              tf.fill([n], 3 if kind == "greedy top-k" else 0),
+                              tf.fill([n], 0.8 if kind == "seeded top-p" else 1.0), seed)
+    if kind == "mixed":  # greedy and seeded rows: the general step
+        controls = controls._replace(temperature=tf.constant([0.0, 1.0, 1.0, 0.5, 0.0, 2.0]),
+                                     seed=tf.constant([0, 3, 9, 4, 5, 6], tf.int64))
+    prompts = tf.constant(["ab", "", "abc", "h", "ABC ab", "ba"])
+    lean, general = (Generator(rnn, vocab, sampler=s).generate(prompts, controls) for s in (Categorical(), PerStep()))
+    if kind == "unseeded":  # fresh entropy per call: each row within its own max_length
+        for out in (lean, general):
+            chars, ended = out["num_chars"].numpy(), out["ended_with_eos"].numpy()
+            assert chars[1] == 0 and chars[2] <= 1 and (chars <= controls.max_length.numpy()).all()
+            assert all(c == m or e for c, m, e in zip(chars, controls.max_length.numpy(), ended))
+        return
+    for key in ("text", "num_chars", "ended_with_eos", "log_prob"):
+        assert list(lean[key].numpy()) == list(general[key].numpy()), key
+
+
+def test_the_lean_loops_hold_no_per_step_branches(untrained):
+    """The general step branches (If) on each filter and kind of draw at every step; the lean
+    loops decide once, before looping."""
+    rnn, vocab = untrained
+    one = ControlTensors(tf.constant([5]), tf.constant([1.0]), tf.constant([0]), tf.constant([1.0]),
+                         tf.constant([1], tf.int64))
+    bodies = loop_ops(Generator(rnn, vocab), one)
+    branching = [ops & {"If", "StatelessIf"} for ops in bodies]
+    assert len(bodies) == 4 and sum(1 for b in branching if not b) == 3  # greedy, seeded, unseeded
+    per_step = loop_ops(Generator(rnn, vocab, sampler=PerStep()), one)  # the general step alone
+    assert len(per_step) == 1 and per_step[0] & {"If", "StatelessIf"}

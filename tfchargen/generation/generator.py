@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tfchargen import contract
@@ -133,55 +134,95 @@ class Generator(tf.Module):
         bool) the loop resumes a stream: the seeded noise takes each row's absolute step,
         ended rows stay put, and each row's logits and states stop where its characters
         stop, so chunks chain exactly. Without them (``generate``), every row starts at step 0.
+
+        Which work the rows ask for (filters, kinds of draw) is decided once per call: a
+        batch whose rows are all greedy, or all seeded or all unseeded without a filter,
+        runs a loop whose step holds only that pick (the sampler's ``plans``); any other
+        batch runs the general step. Each loop variable and each tensor a step reads costs
+        executor ops on every step of a plain graph, so the lean loops carry no more.
         """
         batch = tf.shape(logits)[0]
         stream = position is not None
-        eos = self.vocab.eos_id
-        max_length = controls.max_length
-        steps = tf.minimum(tf.reduce_max(tf.concat([max_length, [0]], 0)), MAX_NEW_CHARS)  # never trust the caller
-        size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
-        out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
-        pad_col = tf.one_hot(0, self.vocab.size, on_value=NEG_INF, off_value=0.0)
         sampler_controls = controls.for_sampler()
         if hasattr(self.sampler, "prepare"):  # its per-call work, outside the loop
             sampler_controls = self.sampler.prepare(sampler_controls)
+        if stream:
+            done = (controls.max_length <= 0) | ended | (position >= MAX_STREAM_CHARS)
+        else:
+            done, ended, position = (controls.max_length <= 0, tf.zeros([batch], tf.bool),
+                                     tf.zeros([batch], tf.int32))
+        start = (done, ended, logits, states, position)
+
+        def general(allowed, step):
+            return self.sampler(apply_filters(self.filters, allowed, sampler_controls), sampler_controls, step)
+
+        plans = self._plans(sampler_controls)
+        if not plans:
+            return self._while(general, controls.max_length, start, stream)
+        index = tf.constant(len(plans), tf.int32)  # the general step unless a plan applies
+        for i, (applies, _) in reversed(list(enumerate(plans))):
+            index = tf.where(applies, i, index)
+        picks = [pick for _, pick in plans] + [general]
+        return tf.switch_case(index, [functools.partial(self._while, pick, controls.max_length, start, stream)
+                                      for pick in picks])
+
+    def _plans(self, sampler_controls):
+        """[(applies, pick)]: the sampler's lean picks that hold for this Generator's filters
+        (none under XLA, whose compiled step is already one kernel, or for a sampler without
+        ``plans``)."""
+        if self.jit_compile or not hasattr(self.sampler, "plans"):
+            return []
+        filtering = tf.constant(False)
+        for f in self.filters:
+            filtering |= f.active(sampler_controls) if hasattr(f, "active") else True
+        keeps_argmax = all(getattr(f, "keeps_argmax", False) for f in self.filters)
+        return [(applies if (name == "greedy" and keeps_argmax) else applies & ~filtering, pick)
+                for name, applies, pick in self.sampler.plans(sampler_controls)]
+
+    def _while(self, pick, max_length, start, stream):
+        """The while loop whose step picks the next ids with ``pick(allowed, step)``.
+
+        A step carries only what the next step needs: whether a row ended with <eos> is
+        read from its ids afterwards, a generate loop carries no positions, and padding's
+        -inf column is a constant of the step, not a captured tensor.
+        """
+        done, ended, logits, states, position = start
+        batch = tf.shape(logits)[0]
+        eos = self.vocab.eos_id
+        steps = tf.minimum(tf.reduce_max(tf.concat([max_length, [0]], 0)), MAX_NEW_CHARS)  # never trust the caller
+        size = MAX_NEW_CHARS if self.jit_compile else steps  # XLA needs a static size
+        out = tf.TensorArray(tf.int32, size=size, element_shape=[None])
+        pad_col = np.zeros([self.vocab.size], np.float32)
+        pad_col[0] = NEG_INF  # padding is never a candidate
         table = self.rnn.input_table()  # once per call: steps gather instead of multiplying
 
-        def body(i, done, ended, log_prob, logits, states, out, pos):
+        def body(i, done, log_prob, logits, states, out, *pos):
             log_probs = tf.nn.log_softmax(logits)
-            allowed = log_probs + pad_col  # padding is never a candidate
-            filtered = apply_filters(self.filters, allowed, sampler_controls)
-            nxt = self.sampler(filtered, sampler_controls, pos if stream else i)
+            nxt = pick(log_probs + pad_col, pos[0] if stream else i)
             active = ~done
             nxt = tf.where(active, nxt, 0)
             picked = tf.gather(log_probs, nxt[:, None], batch_dims=1)[:, 0]
             log_prob += tf.where(active, picked, 0.0)
-            hit_eos = active & tf.equal(nxt, eos)
-            ended |= hit_eos
-            done |= hit_eos | (i + 1 >= max_length)
+            done |= tf.equal(nxt, eos) | (i + 1 >= max_length)
             out = out.write(i, nxt)
             new_logits, new_states = self.rnn.step(nxt, states, table)
             if stream:  # a row's carried state stops where its characters stop
-                pos += tf.cast(active, tf.int32)
-                done |= pos >= MAX_STREAM_CHARS
+                pos = (pos[0] + tf.cast(active, tf.int32),)
+                done |= pos[0] >= MAX_STREAM_CHARS
                 keep = active[:, None]
                 new_logits = tf.where(keep, new_logits, logits)
                 new_states = [tf.where(keep, n, s) for n, s in zip(new_states, states)]
-            return i + 1, done, ended, log_prob, new_logits, new_states, out, pos
+            return (i + 1, done, log_prob, new_logits, new_states, out, *pos)
 
         def cond(i, done, *_):
-            return (i < steps) & ~tf.reduce_all(done)
+            return ~tf.reduce_all(done)  # every row is done by its max_length (at most MAX_NEW_CHARS)
 
-        if stream:
-            done = (max_length <= 0) | ended | (position >= MAX_STREAM_CHARS)
-        else:
-            done, ended, position = max_length <= 0, tf.zeros([batch], tf.bool), tf.zeros([batch], tf.int32)
-        init = (tf.constant(0), done, ended, tf.zeros([batch]), logits, states, out, position)
-        i, _, ended, log_prob, logits, states, out, position = tf.while_loop(
-            cond, body, init, maximum_iterations=MAX_NEW_CHARS)
+        init = (tf.constant(0), done, tf.zeros([batch]), logits, states, out) + ((position,) if stream else ())
+        i, _, log_prob, logits, states, out, *pos = tf.while_loop(cond, body, init, maximum_iterations=MAX_NEW_CHARS)
         # [B, i]; rows that stopped early hold 0s. An empty TensorArray cannot be stacked.
         new_ids = tf.cond(i > 0, lambda: tf.transpose(out.stack()[:i]), lambda: tf.zeros([batch, 0], tf.int32))
-        return new_ids, ended, log_prob, position, logits, states
+        ended |= tf.reduce_any(tf.equal(new_ids, eos), axis=1)
+        return new_ids, ended, log_prob, pos[0] if stream else position, logits, states
 
     # -- string part ------------------------------------------------------------------
     def prompt_ids(self, prompt):

@@ -45,6 +45,7 @@ class TopK:
     """
 
     control = "top_k"
+    keeps_argmax = True  # the most likely character always survives: greedy rows need no filtering
 
     def active(self, controls):
         return tf.reduce_any(controls[self.control] > 0)
@@ -79,6 +80,7 @@ class TopP:
     """
 
     control = "top_p"
+    keeps_argmax = True
 
     def active(self, controls):
         return tf.reduce_any(controls[self.control] < 1.0)
@@ -232,6 +234,30 @@ class Categorical:
                 "_any_seeded": any_seeded, "_any_unseeded": tf.reduce_any(unseeded),
                 "_inv_temperature": tf.where(sampled, 1.0 / tf.where(sampled, temperature, 1.0), 1.0)[:, None],
                 "_row_key": tf.cond(any_seeded, lambda: row_key(seed), lambda: tf.zeros_like(seed, tf.uint32))}
+
+    def plans(self, controls):
+        """Cheaper picks for batches whose rows all ask for one kind of draw, for a loop
+        that decides once per call instead of once per step: ``[(name, applies, pick)]``,
+        ``applies`` a scalar bool, ``pick(log_probs, step) -> ids`` the same ids ``__call__``
+        gives on such a batch. ``controls`` come from :meth:`prepare`. The "greedy" pick holds
+        whatever filters keep the argmax; the others need the unfiltered distribution.
+
+        Example:
+        >>> c = Categorical().prepare({"temperature": tf.constant([0.0, 0.0]), "seed": tf.constant([0, 5], tf.int64),
+        ...                            "top_k": tf.constant([0, 0]), "top_p": tf.constant([1.0, 1.0])})
+        >>> [(name, bool(applies)) for name, applies, _ in Categorical().plans(c)]
+        [('greedy', True), ('seeded', False), ('unseeded', False)]
+        """
+        c = controls
+        inv_temperature, key = c["_inv_temperature"], c["_row_key"]
+        return [
+            ("greedy", ~c["_any_seeded"] & ~c["_any_unseeded"],
+             lambda log_probs, step: tf.argmax(log_probs, axis=-1, output_type=tf.int32)),
+            ("seeded", tf.reduce_all(c["_seeded"]),
+             lambda log_probs, step: inverse_cdf(log_probs * inv_temperature, seeded_uniform(key, step))),
+            ("unseeded", tf.reduce_all(c["_unseeded"]),
+             lambda log_probs, step: unseeded_draw(log_probs * inv_temperature)),
+        ]
 
     def __call__(self, log_probs, controls, step):
         c = controls if "_prepared" in controls else self.prepare(controls)
