@@ -398,12 +398,16 @@ def main(argv=None):
     p.add_argument("--teaching-length", type=int, default=50, help="new characters per row, quadratic baseline")
     p.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
     p.add_argument("--no-ceiling", action="store_true", help="skip the matmul ceiling")
+    p.add_argument("--compare-exports", default="", metavar="NAME=PATH,...",
+                   help="other exports of the same weights (e.g. made by another commit), measured as methods "
+                        "NAME beside the others; with --run-dir, whose <eos> bias must already be very low")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=common.result_path(__file__), help="JSON results (default: %(default)s)")
     p.add_argument("--plot", help="PNG plot (default: --out with .png)")
     args = p.parse_args(argv)
     batches = parse_ints(args.batches)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    compared = dict(item.split("=", 1) for item in args.compare_exports.split(",") if "=" in item)
     if set(methods) - set(METHODS):
         p.error(f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {', '.join(METHODS)}")
     if not 1 <= args.length <= gen_lib.MAX_NEW_CHARS or args.repeats < 1:
@@ -443,7 +447,9 @@ def main(argv=None):
             "onestep_loop": onestep_factory(rnn, vocab, args.length),
             "teaching_quadratic": teaching_factory(rnn, vocab, args.teaching_length),
             **{m: savedmodel_factory(e["path"], args.length) for m, e in exports.items()},
+            **{m: savedmodel_factory(path, args.length) for m, path in compared.items()},
         }
+        methods += [m for m in compared if m not in methods]
         teaching_batches = set(parse_ints(args.teaching_batches))
         ceiling_make = ceiling_factory(k, n, cfg["units"], args.length, fpc)
 
