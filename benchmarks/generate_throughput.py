@@ -301,22 +301,31 @@ def ceiling_factory(k, n, units, steps, flops_char):
 # -----------------------------------------------------------------------------
 # Timing.
 
-def measure(make, batch, repeats):
-    """First call (fresh object: tracing and compilation included), then `repeats` calls."""
-    call, info = make(batch)
-    t0 = time.perf_counter()
-    chars = call()
-    first = time.perf_counter() - t0
-    times = []
-    # Fast calls need many samples for a stable median: at least `repeats` calls and 1 s.
-    while len(times) < repeats or sum(times) < 1.0:
+def measure(makes: dict, batch, repeats):
+    """Every method of one batch in alternating rounds, so that the machine's drifting load
+    falls on all of them alike: each method's first call (fresh object: tracing and
+    compilation included), then ``repeats`` rounds in which each method runs for at least
+    0.2 s (fast calls need many samples); the median per call over all rounds."""
+    calls, out = {}, {}
+    for name, make in makes.items():
+        calls[name], info = make(batch)
         t0 = time.perf_counter()
-        chars = call()
-        times.append(time.perf_counter() - t0)
-    steady = statistics.median(times)
-    return {"batch": batch, "chars_per_call": chars, "first_call_seconds": first,
-            "steady_seconds_per_call": steady, "steady_seconds_all": times,
-            "chars_per_second": chars / steady, **info}
+        chars = calls[name]()
+        out[name] = {"batch": batch, "chars_per_call": chars, "first_call_seconds": time.perf_counter() - t0,
+                     "steady_seconds_all": [], **info}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            times = out[name]["steady_seconds_all"]
+            spent = 0.0
+            while spent < 0.2 or not times:
+                t0 = time.perf_counter()
+                out[name]["chars_per_call"] = call()
+                times.append(time.perf_counter() - t0)
+                spent += times[-1]
+    for r in out.values():
+        r["steady_seconds_per_call"] = statistics.median(r["steady_seconds_all"])
+        r["chars_per_second"] = r["chars_per_call"] / r["steady_seconds_per_call"]
+    return out
 
 
 def plot(report, path):
@@ -458,13 +467,17 @@ def main(argv=None):
                    "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
         results = {m: {} for m in methods}
         ceiling = {}
-        # Batch-major: at each batch every method runs back to back, so drifting background
-        # load hurts the methods of one batch alike.
+        # At each batch the methods run in alternating rounds (measure), so drifting
+        # background load hurts the methods of one batch alike.
         for batch in batches:
-            for m in methods:
-                if m == "teaching_quadratic" and batch not in teaching_batches:
+            makes = {m: factories[m] for m in methods
+                     if m != "teaching_quadratic" or batch in teaching_batches}
+            if not args.no_ceiling:
+                makes["matmul_ceiling"] = ceiling_make
+            measured = measure(makes, batch, args.repeats)
+            for m, r in measured.items():
+                if m == "matmul_ceiling":
                     continue
-                r = measure(factories[m], batch, args.repeats)
                 r["new_chars_per_row"] = args.teaching_length if m == "teaching_quadratic" else args.length
                 if r["chars_per_call"] != batch * r["new_chars_per_row"]:
                     print(f"  warning: {m} made {r['chars_per_call']} chars, expected "
@@ -474,7 +487,7 @@ def main(argv=None):
                       f"{r['first_call_seconds']:.2f}s, steady {r['steady_seconds_per_call']:.3f}s/call",
                       flush=True)
             if not args.no_ceiling:
-                r = measure(ceiling_make, batch, args.repeats)
+                r = measured["matmul_ceiling"]
                 # Its "characters" are only matmul rows, not a rate to compare: rename them.
                 r["matmul_rows_per_call"] = r.pop("chars_per_call")
                 r["matmul_rows_per_second"] = r.pop("chars_per_second")
