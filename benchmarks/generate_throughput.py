@@ -533,7 +533,7 @@ def main(argv=None):
     }
 
     print(f"\n{'method':<19} {'batch':>5} {'chars/s':>11} {'first s':>8} {'steady s':>9} {'of ceiling':>10}")
-    for rows in results.values():
+    for m, rows in results.items():
         for b, r in rows.items():
             frac = f"{100 * r['fraction_of_ceiling']:.1f}%" if r["fraction_of_ceiling"] is not None else "-"
             print(f"{m:<19} {b:>5} {r['chars_per_second']:>11,.0f} {r['first_call_seconds']:>8.2f} "
