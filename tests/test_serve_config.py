@@ -272,6 +272,8 @@ def test_two_models_of_one_config_with_labels_health_metrics_and_reload(exports,
         assert status(server, "chargen") == (200, {2: "AVAILABLE", 1: "AVAILABLE"})
         assert status(server, "other") == (200, {7: "AVAILABLE"})
         assert status(server, "nope") == (404, "Could not find any versions of model nope")
+        code, html = http("GET", f"{server.rest_url}/", None)
+        assert code == 200 and 'const modelNames = ["chargen", "other"];' in html  # the page's model picker
         code, body = http("POST", f"{server.rest_url}/v1/models/nope:predict", generate_body())
         assert (code, json.loads(body)) == (404, {"error": "Servable not found for request: Latest(nope)"})
         texts = {name: json.loads(http("POST", f"{server.rest_url}/v1/models/{name}:predict", generate_body())[1])

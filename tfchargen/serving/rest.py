@@ -23,12 +23,16 @@ METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path for
 
 
 
-def page(model_name: str) -> bytes:
-    """The page at ``/`` (page.html), told the served model's name."""
+def page(model_names: list[str]) -> bytes:
+    """The page at ``/`` (page.html), told the served models' names (the first is shown first).
+
+    >>> b'["a", "b"]' in page(["a", "b"])
+    True
+    """
     from importlib import resources
 
     html = resources.files(__package__).joinpath("page.html").read_text("utf-8")
-    return html.replace('/*MODEL_NAME*/"chargen"', json.dumps(model_name).replace("<", "\\u003c")).encode()
+    return html.replace('/*MODEL_NAMES*/["chargen"]', json.dumps(model_names).replace("<", "\\u003c")).encode()
 
 
 def metrics_text(manager) -> str:
@@ -54,7 +58,7 @@ class RestHandler(RequestHandler):
 
     def do_GET(self):
         if self.path.split("?", 1)[0] in ("/", "/index.html"):  # the page reads its query string itself
-            return self._send(200, page(self.server.manager.name), "text/html; charset=utf-8")
+            return self._send(200, page(list(self.server.manager.managers())), "text/html; charset=utf-8")
         if self.path == METRICS_PATH:
             return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
         self._dispatch()
