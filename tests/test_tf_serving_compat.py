@@ -15,10 +15,11 @@ import subprocess
 import sys
 
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format
 from helpers import ROOT
 
 from tfchargen.savedmodel import warmup as warmup_lib
+from tfchargen.serving import model_config
 
 SIGNATURES = ("serving_default", "generate", "score", "start", "continue")
 SERVING = ROOT / "serving"
@@ -113,35 +114,6 @@ def test_warmup_replays_through_the_savedmodel_in_a_fresh_process(version_dir):
 # -------------------------------------------------------------------------- server config files
 
 
-def _proto_classes():
-    """BatchingParameters and MonitoringConfig as TF Serving declares them (field names and
-    numbers from tensorflow_serving/servables/tensorflow/session_bundle_config.proto and
-    tensorflow_serving/config/monitoring_config.proto; tensorflow-serving-api ships neither)."""
-    F = descriptor_pb2.FieldDescriptorProto
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
-    f = descriptor_pb2.FileDescriptorProto(name="tfserving_configs.proto", package="tensorflow.serving",
-                                           syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-
-    def msg(name, fields):
-        m = f.message_type.add(name=name)
-        for number, (field, ftype, type_name, label) in enumerate(fields, 1):
-            m.field.add(name=field, number=number, type=ftype, label=label, type_name=type_name)
-
-    one, many = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    i64 = (F.TYPE_MESSAGE, ".google.protobuf.Int64Value", one)
-    msg("BatchingParameters", [("max_batch_size", *i64), ("batch_timeout_micros", *i64),
-                               ("max_enqueued_batches", *i64), ("num_batch_threads", *i64),
-                               ("thread_pool_name", F.TYPE_MESSAGE, ".google.protobuf.StringValue", one),
-                               ("allowed_batch_sizes", F.TYPE_INT64, None, many),
-                               ("pad_variable_length_inputs", F.TYPE_BOOL, None, one)])
-    msg("PrometheusConfig", [("enable", F.TYPE_BOOL, None, one), ("path", F.TYPE_STRING, None, one)])
-    msg("MonitoringConfig", [("prometheus_config", F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", one)])
-    pool.Add(f)
-    return [message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}"))
-            for n in ("BatchingParameters", "MonitoringConfig")]
-
-
 def test_server_config_files_parse_as_tf_serving_protos():
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -152,7 +124,9 @@ def test_server_config_files_parse_as_tf_serving_protos():
     assert model.model_version_policy.latest.num_versions == 2
     assert "specific" in (SERVING / "models.config").read_text()  # the rollback recipe
 
-    batching_cls, monitoring_cls = _proto_classes()
+    # BatchingParameters and MonitoringConfig as the server declares them (TF Serving's field numbers)
+    classes = model_config._classes()
+    batching_cls, monitoring_cls = classes["BatchingParameters"], classes["MonitoringConfig"]
     b = text_format.Parse((SERVING / "batching_parameters.txt").read_text(), batching_cls())
     sizes = list(b.allowed_batch_sizes)
     assert sizes == sorted(set(sizes)) and sizes[-1] == b.max_batch_size.value  # TF Serving's requirements

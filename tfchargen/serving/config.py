@@ -8,6 +8,7 @@ import dataclasses
 import os
 
 from tfchargen.serving.batching import DEFAULT_TIMEOUT_MS
+from tfchargen.serving.model_config import METRICS_PATH
 
 # Documented limits: a request over one of them gets its error, never a crash or a hang.
 LIMITS = dict(
@@ -20,7 +21,6 @@ LIMITS = dict(
     shutdown_grace_s=10.0,    # on SIGTERM, in-flight requests get this long to finish
 )
 POLL_SECONDS = 1.0  # how often the export base is listed (TF Serving's file_system_poll_wait_seconds)
-METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path for its metrics
 
 
 def parse_versions(text: str):

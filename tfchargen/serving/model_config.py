@@ -14,10 +14,11 @@ import dataclasses
 import functools
 import os
 
+METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default (PrometheusExporter::kPrometheusPath)
+
 # TensorFlow's BasicBatchScheduler defaults, for fields a BatchingParameters file leaves out.
 BATCHING_DEFAULTS = dict(max_batch_size=1000, batch_timeout_micros=0, max_enqueued_batches=10,
                          num_batch_threads=os.cpu_count() or 1)
-PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
 
 @functools.cache
@@ -172,7 +173,7 @@ def read_monitoring_config(path: str) -> str | None:
     m = read_text_proto(path, _classes()["MonitoringConfig"](), "monitoring_config_file")
     if not m.prometheus_config.enable:
         return None
-    path_ = m.prometheus_config.path or PROMETHEUS_PATH
+    path_ = m.prometheus_config.path or METRICS_PATH
     if not path_.startswith("/"):
         raise ValueError(f"--monitoring_config_file {path}: prometheus_config path must start with /, got {path_!r}")
     return path_

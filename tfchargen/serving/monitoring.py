@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from tfchargen.serving import rest
+from tfchargen.serving.model_config import METRICS_PATH
 
 # The services tensorflow_model_server marks SERVING (server.cc), and "" (the whole server).
 HEALTH_SERVICES = ("", "ModelService", "PredictionService")
@@ -45,9 +46,9 @@ class RestHandler(rest.RestHandler):
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
-        wanted = getattr(self.server, "metrics_path", rest.METRICS_PATH)
+        wanted = getattr(self.server, "metrics_path", METRICS_PATH)
         if wanted and path == wanted:
             return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
-        if path == rest.METRICS_PATH:  # rest.py serves it there; not when the config says otherwise
+        if path == METRICS_PATH:  # our default path; not when a monitoring config names another
             return self._send(404, rest.NOT_FOUND_PAGE, "text/html", close=True)  # outside /v1/: libevent's
         return super().do_GET()

@@ -19,9 +19,6 @@ from tfchargen.serving.stream import as_signature_arrays, sse_event, sse_events,
 from tfchargen.serving.transport import HttpError, RequestHandler
 from tfchargen.serving.urls import V1
 
-METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default path for its metrics
-
-
 
 def page(model_names: list[str]) -> bytes:
     """The page at ``/`` (page.html), told the served models' names (the first is shown first).
@@ -59,8 +56,6 @@ class RestHandler(RequestHandler):
     def do_GET(self):
         if self.path.split("?", 1)[0] in ("/", "/index.html"):  # the page reads its query string itself
             return self._send(200, page(list(self.server.manager.managers())), "text/html; charset=utf-8")
-        if self.path == METRICS_PATH:
-            return self._send(200, metrics_text(self.server.manager).encode(), "text/plain; version=0.0.4")
         self._dispatch()
 
     def do_HEAD(self):
