@@ -76,6 +76,16 @@ class Serve:
     def log(self, pattern) -> list[str]:
         return [line for line in self.lines if re.search(pattern, line)]
 
+    def settled_count(self, pattern, quiet_s=1.0, timeout_s=15.0) -> int:
+        """How many log lines match once none has arrived for ``quiet_s``: a request logs after
+        its client has its answer, and the lines reach this process through a pipe."""
+        count, since, deadline = len(self.log(pattern)), time.monotonic(), time.monotonic() + timeout_s
+        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if len(self.log(pattern)) != count:
+                count, since = len(self.log(pattern)), time.monotonic()
+        return count
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -504,11 +514,11 @@ def test_a_client_that_disconnects_mid_stream_leaves_the_server_serving(server):
 def test_generate_stream_through_the_server_prints_what_generate_prints(server):
     args = ["generate", "--server", server.url, "--prompt", "Today ", "--temperature", 0.9, "--seed", 21,
             "--max-length", 150]
-    before = len(server.log(r"^POST /v1/models/chargen:stream 200"))
+    before = server.settled_count(r"^POST /v1/models/chargen:stream 200")  # earlier tests' streams logged
     one, streamed = run_clis(args, [*args, "--stream", "--chunk", 16])  # at once: only one streams
     assert one.returncode == 0 and streamed.returncode == 0, streamed.stderr[-2000:]
     assert streamed.stdout == one.stdout and len(one.stdout) > len("Today ") + 1
-    assert len(server.log(r"^POST /v1/models/chargen:stream 200")) == before + 1  # one request, not 10
+    assert server.settled_count(r"^POST /v1/models/chargen:stream 200") == before + 1  # one request, not 10
     # Streams as RestClient.stream yields them; the start/continue path gives the same chunks.
     kw = dict(controls=Controls(max_length=60, temperature=1.0, seed=4), chunk=16)
     assert list(RestClient(server.url).stream("Today ", **kw)) == list(RestClient(server.url, sse=False)
