@@ -1,7 +1,8 @@
 """Shared fixtures, one per artifact: the AG News CSV from ../shared, one tiny trained run,
 its export (written by the training command), that export's version directory, the run's
-held-out evaluation, a second export of the run (other serving defaults) and the C and Go
-clients built from export/. Each is made once per session: training, exporting and
+held-out evaluation, a second export of the run (other serving defaults), a random model
+that never ends a text exported plain and with --xla, and the C and Go clients built from
+export/. Each is made once per session: training, exporting and
 starting TensorFlow are what the slow tests spend. Plain helpers and constants are in
 tests/helpers.py.
 
@@ -11,7 +12,7 @@ fast layer (``pytest -m "not slow"``) never trains. Tests that spawn processes t
 are marked by hand.
 
 What the selected tests need is started in the background as soon as they are collected
-(the training, the client builds) or as soon as it can be (the held-out evaluation and the
+(the training, the random model's exports, the client builds) or as soon as it can be (the held-out evaluation and the
 second export, once the training is done), and the fast tests run first: the in-process
 tests run beside those commands, whose fixtures wait for them.
 """
@@ -29,6 +30,8 @@ from helpers import (
     DATA,
     GO_DIR,
     HELDOUT,
+    NEVER_ENDING_EXPORT,
+    ROOT,
     TINY_SERVING_DEFAULTS,
     TRAIN,
     Background,
@@ -40,7 +43,8 @@ from helpers import (
 from tfchargen.savedmodel.locate import versions
 
 # Fixture name -> why a test using it is slow.
-SLOW_FIXTURES = {"tiny_run": "trains a model", "c_client": "builds export/c", "go_client": "builds export/go"}
+SLOW_FIXTURES = {"tiny_run": "trains a model", "never_ending_model": "exports a model",
+                 "never_ending_xla": "exports a model", "c_client": "builds export/c", "go_client": "builds export/go"}
 
 
 def _order(item):
@@ -79,10 +83,19 @@ _needed = set()  # fixture names some selected test uses
 _scratch = tempfile.mkdtemp(prefix="tfchargen-tests-")  # the tiny run and its second export; removed at the end
 TINY_RUN = os.path.join(_scratch, "runs", "tiny")
 TINY_V2_BASE = os.path.join(_scratch, "v2", "chargen")
+# A random model that never ends a text, exported plain and with --xla (no training needed).
+NEVER_ENDING = {"never_ending_model": (), "never_ending_xla": ("--xla",)}
 
 
 def _make_command(directory, *targets):
     return ["make", "-C", str(directory), f"PYTHON={sys.executable}", *targets]
+
+
+def _never_ending_job(name):
+    root = os.path.join(_scratch, name)
+    return Background([sys.executable, "-c", NEVER_ENDING_EXPORT, os.path.join(root, "run"),
+                       os.path.join(root, "chargen"), *NEVER_ENDING[name]],
+                      env=cli_env({"PYTHONPATH": str(ROOT / "tests")}))
 
 
 def _train_command():
@@ -109,6 +122,8 @@ def pytest_collection_finish(session):
         _jobs[name] = Background(_make_command(BUILDS[name][0]))
     if "tiny_run" in _needed and DATA.exists():  # else data_path skips or fails
         _jobs["tiny_run"] = Background(_train_command(), env=cli_env())
+    for name in sorted(set(NEVER_ENDING) & _needed):
+        _jobs[name] = _never_ending_job(name)
 
 
 def pytest_sessionfinish(session):
@@ -202,6 +217,31 @@ def tiny_model_copy(tiny_model, tmp_path):
     copy = tmp_path / "models" / "chargen"
     shutil.copytree(tiny_model, copy)
     return copy
+
+
+# -- a random model that never ends a text -----------------------------------------------------
+def _never_ending(name):
+    if name not in _jobs:
+        _jobs[name] = _never_ending_job(name)
+    _wait(name, 900, f"the random model's export ({name})")
+    base = pathlib.Path(_scratch) / name / "chargen"
+    assert versions(str(base)) == [1], sorted(os.listdir(base))
+    return base
+
+
+@pytest.fixture(scope="session")
+def never_ending_model():
+    """The export base (version 1 inside) of a random-weight LSTM(16) whose <eos> bias is -30:
+    every row runs to its max_length. Written by `tfchargen export` in the background from
+    collection on; ``helpers.random_model(dir, eos_bias=-30.0)`` has the same weights. Tests
+    only read it (or copy it)."""
+    return _never_ending("never_ending_model")
+
+
+@pytest.fixture(scope="session")
+def never_ending_xla(never_ending_model):
+    """The same model exported with ``--xla`` (jit_compile): its export base."""
+    return _never_ending("never_ending_xla")
 
 
 # -- the native clients -------------------------------------------------------------------------

@@ -221,3 +221,56 @@ class Concurrent:
     def close(self):
         """Waits for what runs; what has not started yet never starts."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -- random models: no training, for tests of the pipeline around the numbers -------------------
+RANDOM_TEXT = "Today the quick brown fox jumps over the lazy dog! 0123456789,.-'\"?"
+
+
+def random_model(directory, units=16, seed=1, eos_bias=None, text=RANDOM_TEXT):
+    """(vocab, CharRNN) with random weights (the same for the same arguments, in any process),
+    its vocab.txt written to ``directory``; ``eos_bias`` sets the head's <eos> bias (a very
+    negative one makes a model that never ends a text)."""
+    import keras
+    import tensorflow as tf
+
+    from tfchargen.data.vocab import Vocabulary
+    from tfchargen.model import charrnn
+
+    keras.utils.set_random_seed(seed)
+    os.makedirs(directory, exist_ok=True)
+    vocab = Vocabulary.build([text], str(directory))
+    rnn = charrnn.build(vocab.size, units=units)
+    rnn.model(tf.zeros([1, 1], tf.int32))
+    if eos_bias is not None:
+        bias = rnn.head.bias.numpy()
+        bias[vocab.eos_id] = eos_bias
+        rnn.head.bias.assign(bias)
+    return vocab, rnn
+
+
+def random_run(directory, **kwargs):
+    """A run dir (config.json, vocab.txt, weights) of a random model (``random_model``'s
+    arguments), for `tfchargen export`."""
+    import json
+
+    from tfchargen import config
+
+    directory = pathlib.Path(directory)
+    vocab, rnn = random_model(directory, **kwargs)
+    cfg = {**config.DEFAULTS, "units": kwargs.get("units", 16)}
+    (directory / "config.json").write_text(json.dumps(cfg))
+    rnn.model.save_weights(str(directory / "model.weights.h5"))
+    return directory
+
+
+# One fresh process: a random run that never ends a text (<eos> bias -30), exported through
+# the CLI's own entry point (argv: run dir, export base, export flags).
+NEVER_ENDING_EXPORT = """
+import sys
+from helpers import random_run
+from tfchargen.cli import main
+run = random_run(sys.argv[1], eos_bias=-30.0)
+sys.exit(main(["export", "--run-dir", str(run), "--export-base", *sys.argv[2:]]))
+"""
+

@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import ROOT, Background, cli_command
+from helpers import ROOT
 
 from tfchargen.cli import app
 from tfchargen.serving import batching, model_config, tf_flags
@@ -171,21 +171,11 @@ def test_labels_follow_server_cores_rule():
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory):
+def exports(never_ending_model, never_ending_xla):
     """{"plain": version dir, "xla": version dir}: one random-weight model (that never ends a
     text: every row runs to its max_length) exported plain and with jit_compile (`tfchargen
     export --xla`)."""
-    from test_streaming import random_run
-
-    from tfchargen.savedmodel import export
-
-    root = tmp_path_factory.mktemp("exports")
-    run = random_run(root / "run", eos_bias=-30.0)
-    xla = Background(cli_command("export", "--run-dir", run, "--export-base", root / "xla", "--xla"))  # meanwhile
-    plain = export.export(str(run), str(root / "base"), log=lambda *_: None)
-    r = xla.wait(timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return {"plain": plain, "xla": str(root / "xla" / "1")}
+    return {"plain": str(never_ending_model / "1"), "xla": str(never_ending_xla / "1")}
 
 
 def base_of(tmp_path, name, **versions):

@@ -8,43 +8,17 @@ import json
 import os
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import ROOT, Background, cli_command, cli_env, run_cli
+from helpers import RANDOM_TEXT as TEXT
+from helpers import ROOT, Background, cli_command, cli_env, random_model
 from tensorflow.core.framework import tensor_pb2
 
-from tfchargen import config, contract
-from tfchargen.data.vocab import Vocabulary
+from tfchargen import contract
 from tfchargen.generation import generator as gen_lib
-from tfchargen.model import charrnn as model_lib
 
-TEXT = "Today the quick brown fox jumps over the lazy dog! 0123456789,.-'\"?"
 PROMPTS = ["Today ", "", "fox", "x" * 30, "On Sunday "]
-
-
-def random_model(directory, units=16, seed=1, eos_bias=None, text=TEXT):
-    """(vocab, CharRNN) with random weights; ``eos_bias`` sets the head's <eos> bias (a very
-    negative one makes a model that never ends a text)."""
-    keras.utils.set_random_seed(seed)
-    vocab = Vocabulary.build([text], str(directory))
-    rnn = model_lib.build(vocab.size, units=units)
-    rnn.model(tf.zeros([1, 1], tf.int32))
-    if eos_bias is not None:
-        bias = rnn.head.bias.numpy()
-        bias[vocab.eos_id] = eos_bias
-        rnn.head.bias.assign(bias)
-    return vocab, rnn
-
-
-def random_run(directory, **kwargs):
-    """A run dir (config.json, vocab.txt, weights) of a random model, for `tfchargen export`."""
-    vocab, rnn = random_model(directory, **kwargs)
-    cfg = {**config.DEFAULTS, "units": kwargs.get("units", 16)}
-    (directory / "config.json").write_text(json.dumps(cfg))
-    rnn.model.save_weights(str(directory / "model.weights.h5"))
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -250,13 +224,9 @@ LONG = 5000  # characters of the longest stream tested (past one call's 2048)
 
 
 @pytest.fixture(scope="module")
-def export_base(tmp_path_factory):
-    """A random model that never emits <eos>, exported through the CLI."""
-    run = random_run(tmp_path_factory.mktemp("stream-run"), eos_bias=-30.0)
-    base = tmp_path_factory.mktemp("stream-models") / "chargen"
-    r = run_cli("export", "--run-dir", run, "--export-base", base)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return base
+def export_base(never_ending_model):
+    """A random model that never emits <eos>, exported through the CLI (read only)."""
+    return never_ending_model
 
 
 FRESH = r"""

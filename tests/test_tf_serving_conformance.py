@@ -26,7 +26,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from helpers import run_cli
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -37,7 +36,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from test_streaming import random_run
 
 from tfchargen import contract
 from tfchargen.serving.model_config import read_model_config
@@ -52,13 +50,10 @@ READ_TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(never_ending_model, tmp_path_factory):
     """`tfchargen serve` (in this process) on an export of a random model, version 1, with
     the labels stable -> 1 and canary -> 7 (not loaded) and a 2 s read timeout."""
-    run = random_run(tmp_path_factory.mktemp("conformance-run"))
-    base = tmp_path_factory.mktemp("conformance-models") / "chargen"
-    r = run_cli("export", "--run-dir", run, "--export-base", base)
-    assert r.returncode == 0, r.stderr[-3000:]
+    base = never_ending_model
     config = tmp_path_factory.mktemp("conformance-config") / "models.config"
     config.write_text(f"""model_config_list {{ config {{ name: "chargen" base_path: "{base}"
         model_platform: "tensorflow" version_labels {{ key: "stable" value: 1 }}
