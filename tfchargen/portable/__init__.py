@@ -1,2 +1,2 @@
-"""Portable exports (LiteRT, TensorFlow.js): the ids-in/ids-out step model, its manifest, the host loops.
-Imports only tfchargen.contract, data.vocab constants and generation.seeds; loop.py and litert.py's runner never TF."""
+"""Portable exports (LiteRT, TensorFlow.js): the ids-in/ids-out step model, its manifest, the NumPy host loop.
+May import: contract, common, data, model, training (reads the run dir); loop.py, litert.Runtime: no TensorFlow."""
