@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from tfchargen.common import files
+from tfchargen.common import files, quiet
 from tfchargen.portable import manifest as manifest_lib
 
 RUNTIME = "litert"
@@ -110,15 +110,20 @@ class Runtime:
         if not os.path.exists(model_file):
             raise manifest_lib.ManifestError(f"{self.path}: {self.manifest['model_file']} is missing")
         try:
-            self.interpreter = Interpreter(model_path=model_file, num_threads=num_threads)
+            with quiet.silenced_stderr():  # the runtime's C++ start-up notices, as TensorFlow's (quiet.py)
+                self.interpreter = Interpreter(model_path=model_file, num_threads=num_threads)
+                self._resize(1)
         except ValueError as e:
             raise manifest_lib.ManifestError(f"{model_file}: not a loadable LiteRT model ({e})") from None
+
+    def _tensor_indexes(self):
+        """(input, output) tensor indexes of the step signature, in the manifest's order. The
+        signature runner is dropped here: while one is alive the interpreter refuses to resize."""
         signature = self.manifest["signatures"][STEP]
         runner = self.interpreter.get_signature_runner(STEP)
         inputs, outputs = runner.get_input_details(), runner.get_output_details()
-        self._inputs = [inputs[name]["index"] for name in signature["inputs"]]
-        self._outputs = [outputs[name]["index"] for name in signature["outputs"]]
-        self._batch = None
+        return ([inputs[name]["index"] for name in signature["inputs"]],
+                [outputs[name]["index"] for name in signature["outputs"]])
 
     @property
     def num_states(self) -> int:
@@ -128,6 +133,9 @@ class Runtime:
         return [np.zeros([batch, *shape], np.float32) for shape in self.manifest["states"]]
 
     def _resize(self, batch: int) -> None:
+        if not hasattr(self, "_inputs"):
+            self._inputs, self._outputs = self._tensor_indexes()
+            self._batch = None
         if batch == self._batch:
             return
         for index, shape in zip(self._inputs, [[]] + self.manifest["states"]):

@@ -128,6 +128,10 @@ class Vocab:
         eos, ids = self.eos_id, self.ids
         return [eos if c == self.separator else ids[c] for c in normalized if c == self.separator or c in ids]
 
+    def count_unknown(self, text) -> int:
+        """Characters of a text (after normalization) that the vocabulary does not know."""
+        return sum(1 for c in self.normalize(text) if c != self.separator and c not in self.ids)
+
     def prompt_ids(self, normalized: str) -> list:
         """Generator.prompt_ids: the last max_prompt_chars ids; an empty prompt is [<eos>]."""
         return self.encode(normalized)[-self.max_prompt_chars:] or [self.eos_id]
