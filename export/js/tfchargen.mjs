@@ -471,10 +471,13 @@ function argmax(x) {
   return best;
 }
 
+// Node 18 has Web Crypto as node:crypto's webcrypto only; browsers and later Node as a global.
+const webcrypto = globalThis.crypto ?? (IS_NODE ? (await import('node:crypto')).webcrypto : undefined);
+
 /** 24 fresh random bits as seededUniform spreads them: for unseeded rows. */
 function freshUniform() {
   const word = new Uint32Array(1);
-  globalThis.crypto.getRandomValues(word);
+  webcrypto.getRandomValues(word);
   return f32(((word[0] >>> 8) + 1) * U24);
 }
 
