@@ -20,6 +20,7 @@ runs sampling rule "tfchargen-sampling-1" around it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -62,11 +63,28 @@ class UnsupportedOpError(ValueError):
     """The step graph holds an op TF.js cannot run."""
 
 
+class _MessageFilter(logging.Filter):
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith(self.start)
+
+
 def frozen_step(model):
     """(GraphDef, frozen concrete function) of ``model.step``, its variables folded into
     constants; its inputs and outputs are in ``model.input_names`` / ``output_names`` order."""
     concrete = model.step.get_concrete_function()
-    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete, aggressive_inlining=True)
+    # Freezing exports a MetaGraph, which warns that it cannot serialize the vocabulary
+    # tables' initializer collection: the step graph holds no table, so nothing is lost.
+    tf_logger = logging.getLogger("tensorflow")
+    tables = _MessageFilter("Issue encountered when serializing table_initializer")
+    tf_logger.addFilter(tables)
+    try:
+        frozen = convert_to_constants.convert_variables_to_constants_v2(concrete, aggressive_inlining=True)
+    finally:
+        tf_logger.removeFilter(tables)
     graph_def = frozen.graph.as_graph_def()
     if len(frozen.inputs) != len(model.input_names) or len(frozen.outputs) != len(model.output_names):
         raise ValueError(f"step has {len(frozen.inputs)} inputs and {len(frozen.outputs)} outputs; the model "
@@ -127,6 +145,9 @@ def write(out_dir, model, manifest: dict) -> dict:
     """
     graph_def, frozen = frozen_step(model)
     check_ops(graph_def)
+    # Freezing lists nodes in no fixed order; sorted (and model.json's keys sorted), the same
+    # run gives the same files, which a reader can diff.
+    graph_def.node.sort(key=lambda n: n.name)
     weights = extract_weights(graph_def)
     data = b"".join(np.ascontiguousarray(v).tobytes() for _, v in weights)  # little-endian, as TF.js reads
     signature = {"inputs": _tensor_infos(model.input_names, frozen.inputs),
@@ -149,6 +170,23 @@ def write(out_dir, model, manifest: dict) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     with files.atomic_path(os.path.join(out_dir, WEIGHTS_FILE)) as tmp, open(tmp, "wb") as f:
         f.write(data)
-    files.atomic_write_text(os.path.join(out_dir, MODEL_FILE), json.dumps(model_json))
+    files.atomic_write_text(os.path.join(out_dir, MODEL_FILE), json.dumps(model_json, sort_keys=True))
     manifest_lib.write(out_dir, manifest)
     return manifest
+
+
+def export(run_dir, out_dir, log=print) -> str:
+    """``tfchargen export --format tfjs``: writes the TF.js export of a trained run into
+    ``out_dir`` (model.json, its weights, then manifest.json: a folder with a manifest
+    holds a whole model); returns ``out_dir``."""
+    from tfchargen.portable import numeric
+
+    model = numeric.load(run_dir)
+    write(out_dir, model, manifest_lib.build(model, "tfjs"))
+    log(f"exported {out_dir} (TensorFlow.js graph model, {_model_bytes(out_dir)} bytes; "
+        f"run it with `node export/js/generate.mjs {out_dir} --prompt ...`)")
+    return str(out_dir)
+
+
+def _model_bytes(out_dir) -> int:
+    return sum(os.path.getsize(os.path.join(out_dir, name)) for name in (MODEL_FILE, WEIGHTS_FILE))

@@ -53,3 +53,16 @@ def write(out_dir, model, manifest: dict) -> dict:
     for name in FILES:
         shutil.copyfile(os.path.join(ASSETS, name), os.path.join(out_dir, name))  # follows the link
     return tfjs.write(out_dir, model, manifest)
+
+
+def export(run_dir, out_dir, log=print) -> str:
+    """``tfchargen export --format web``: writes the web export of a trained run into
+    ``out_dir`` (the page's files, the model, then manifest.json); returns ``out_dir``."""
+    from tfchargen.portable import manifest as manifest_lib
+    from tfchargen.portable import numeric
+
+    model = numeric.load(run_dir)
+    write(out_dir, model, manifest_lib.build(model, "web"))
+    log(f"exported {out_dir} (a static web page; serve it with any static file server, e.g. "
+        f"`python -m http.server -d {out_dir}`, and open it in a browser)")
+    return str(out_dir)
