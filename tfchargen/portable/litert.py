@@ -13,8 +13,10 @@ mobile builds; the converter is told so and every export's op list is checked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -87,6 +89,27 @@ def export(run_dir, out_dir, quantize: str = "none", log=print) -> str:
     return str(out_dir)
 
 
+@contextlib.contextmanager
+def startup_notices_off():
+    """fd 2 on /dev/null while the interpreter starts, when TensorFlow's logs would be quiet
+    too: the CLI's quiet mode (quiet.py), or a TF_CPP_MIN_LOG_LEVEL of 1 or more, which the
+    LiteRT runtime does not read for its own INFO lines (e.g. the XNNPACK delegate's)."""
+    level = os.environ.get(quiet.LEVEL_VAR, "0")
+    if not (level.isdigit() and int(level) >= 1):
+        with quiet.silenced_stderr():  # quiet only if quiet.configure chose it
+            yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class Runtime:
     """A LiteRT export loaded in ai_edge_litert's interpreter: loop.py's ``runtime``.
 
@@ -110,7 +133,7 @@ class Runtime:
         if not os.path.exists(model_file):
             raise manifest_lib.ManifestError(f"{self.path}: {self.manifest['model_file']} is missing")
         try:
-            with quiet.silenced_stderr():  # the runtime's C++ start-up notices, as TensorFlow's (quiet.py)
+            with startup_notices_off():
                 self.interpreter = Interpreter(model_path=model_file, num_threads=num_threads)
                 self._resize(1)
         except ValueError as e:
