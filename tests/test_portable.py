@@ -257,14 +257,17 @@ def edited_copy(src, dst, **changes):
 
 
 @pytest.mark.slow
-def test_errors_are_one_line(capsys, exports, tmp_path):
+def test_errors_are_one_line(capsys, exports, tiny_run, tmp_path):
+    from tfchargen.portable import tfjs
+
     lite = exports["float"]
+    tfjs_export = tfjs.export(tiny_run, tmp_path / "tfjs", log=lambda *_: None)
     cases = [
         (["generate", "--model", edited_copy(lite, tmp_path / "v2", format_version=2)],
          "format_version 2 is not supported"),
-        (["generate", "--model", edited_copy(lite, tmp_path / "js", runtime="tfjs", model_file="model.json")],
-         "is a tfjs export: `tfchargen generate` runs SavedModels and LiteRT exports; run this one with `node"),
-        (["evaluate", "--model", tmp_path / "js", "--data", HELDOUT], "is a tfjs export"),
+        (["generate", "--model", tfjs_export], "is a tfjs export: `tfchargen generate` runs SavedModels and LiteRT "
+         "exports; run this one with `node export/js/generate.mjs"),
+        (["evaluate", "--model", tfjs_export, "--data", HELDOUT], "is a tfjs export"),
         (["generate", "--model", lite, "--stream"], "--stream: "),
         (["generate", "--model", lite, "--version", "1"], "is a LiteRT export (one model, no versions)"),
     ]
