@@ -4,7 +4,7 @@
  * runs it beside the SavedModel and LiteRT):
  *
  *   node export/js/bench.mjs DIR [--batch B] [--length N] [--rounds R] [--prompt P]
- *        [--temperature T] [--seed S] [--backend cpu]
+ *        [--temperature T] [--seed S] [--backend cpu|wasm]
  *
  * Each round generates B rows of N new characters from the same prompt (seeded rows: every
  * round does the same work, whatever the text), and a one-character call measures the

@@ -4,15 +4,13 @@
  * (the `text` output: the normalized prompt and its continuation), as tfchargen-c does.
  *
  *   node export/js/generate.mjs DIR --prompt P [--prompt P2 ...] [--max-length N]
- *        [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu]
+ *        [--temperature T] [--top-k K] [--top-p P] [--seed S] [--backend cpu|wasm]
  *
  * DIR is a folder `tfchargen export --format tfjs` (or web) wrote. Defaults are
  * tfchargen/contract.py's SERVING_DEFAULTS; prompt i's seed is rowSeed(--seed, i), as for
  * `tfchargen generate --seed` and tfchargen-c, so the three print the same texts. Any error:
  * one line "tfchargen-js: <message>" on stderr, exit status 1 (2 for usage errors).
  */
-import * as tf from '@tensorflow/tfjs';
-
 import { DEFAULTS, TfchargenError, load, resolveControls, rowSeed, toSeed } from './tfchargen.mjs';
 
 const PROG = 'tfchargen-js';
@@ -89,7 +87,6 @@ function fail(message, status) {
 }
 
 async function main(argv) {
-  tf.enableProdMode(); // no "install tfjs-node" notice on stderr: errors stay one line
   let args;
   try {
     args = parseArgs(argv);
@@ -109,6 +106,7 @@ async function main(argv) {
     if (e instanceof TfchargenError) return fail(`${e.message}; ${USAGE}`, 2);
     throw e;
   }
+  (await import('@tensorflow/tfjs')).enableProdMode(); // no "install tfjs-node" notice: errors stay one line
   let model;
   try {
     model = await load(args.dir, { backend: args.backend });

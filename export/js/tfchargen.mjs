@@ -20,7 +20,9 @@
  * export's index.html does). The CPU backend is used unless `backend` says otherwise: the
  * WebGL backend computes in lower precision on some GPUs, and the same text is the point.
  */
-import * as tf from '@tensorflow/tfjs';
+// @tensorflow/tfjs is imported by the first load(): seeds, filters and controls cost nothing
+// to import (a command can refuse bad flags before TensorFlow.js starts).
+let tf;
 
 export const SAMPLING = 'tfchargen-sampling-1';
 export const FORMAT = 'tfchargen-portable';
@@ -325,12 +327,31 @@ async function readManifest(source) {
   return m;
 }
 
+/** Registers @tensorflow/tfjs-backend-wasm (in Node, its .wasm files from node_modules). */
+async function registerWasm() {
+  let wasm;
+  try {
+    wasm = await import('@tensorflow/tfjs-backend-wasm');
+  } catch (e) {
+    throw new TfchargenError(`the wasm backend is not available here (${e.message})`);
+  }
+  if (IS_NODE) {
+    const { createRequire } = await import('node:module');
+    const path = await import('node:path');
+    const main = createRequire(import.meta.url).resolve('@tensorflow/tfjs-backend-wasm');
+    wasm.setWasmPaths(`${path.dirname(main)}${path.sep}`);
+  }
+}
+
 /**
  * Loads a portable export: `source` is a folder path (Node) or a URL (a browser, or http(s)
- * in Node). Options: `backend` ('cpu' by default; any registered TF.js backend).
+ * in Node). Options: `backend` ('cpu' by default; 'wasm' loads @tensorflow/tfjs-backend-wasm
+ * where it is installed; any registered TF.js backend).
  * Resolves to a Model; rejects with a TfchargenError for a folder that is not a TF.js export.
  */
 export async function load(source, { backend = 'cpu' } = {}) {
+  tf ??= await import('@tensorflow/tfjs');
+  if (backend === 'wasm' && !tf.findBackend('wasm')) await registerWasm();
   if (tf.getBackend() !== backend && !(await tf.setBackend(backend))) {
     throw new TfchargenError(`TensorFlow.js backend '${backend}' could not be initialized`);
   }
