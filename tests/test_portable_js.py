@@ -34,6 +34,7 @@ PROMPTS = [
     "Café ☕".encode(),
     "{~} ¿§ ☃ 日本 ".encode(),  # characters the vocabulary lacks: dropped from the input, kept in `text`
     b"Broken \xff\xfe UTF-8 ",  # invalid UTF-8: U+FFFD, as the SavedModel's normalize makes it
+    "Tab\tand\nline\u2028breaks ".encode(),  # control whitespace becomes spaces: still one line out
     ("Long prompt " * 12).encode(),  # rows of unequal lengths step through their prompts together
 ]
 # name -> (generate.mjs flags, the controls every row gets; row i's seed is row_seed(seed, i))
