@@ -203,8 +203,10 @@ def generate(runtime, prompts, controls: contract.Controls = contract.Controls()
         draw = np.nonzero(sampled & ~done)[0]
         if len(draw):
             f = allowed[draw]
-            f = top_k(f, k[draw])
-            f = top_p(f, p[draw])
+            if (k[draw] > 0).any():  # each filter sorts [B, V]: only when some row asks for it
+                f = top_k(f, k[draw])
+            if (p[draw] < 1).any():
+                f = top_p(f, p[draw])
             u = np.empty(len(draw), np.float32)
             s = seeded[draw]
             u[s] = seeded_uniform(key[draw][s], i)
