@@ -48,8 +48,29 @@ def check_values(args) -> str | None:
         controls = Controls(max_length=args.max_length, temperature=args.temperatures or args.temperature,
                             top_k=args.top_k, top_p=args.top_p)
         return control_problem(flags, controls, stream=args.stream)
-    if args.command in ("train", "export"):
+    if args.command == "export":
+        return export_problem(args) or control_problem(SERVING_DEFAULT_FLAGS, serving_defaults(args))
+    if args.command == "train":
         return control_problem(SERVING_DEFAULT_FLAGS, serving_defaults(args))
+    return None
+
+
+def export_problem(args) -> str | None:
+    """``export``'s flags that do not go with its --format."""
+    if args.format == "savedmodel":
+        if args.out:
+            return "argument --out: only with --format litert, tfjs or web (a SavedModel goes to --export-base)"
+        if args.export_base is None:
+            return "the following arguments are required: --export-base (or --format litert|tfjs|web with --out)"
+    else:
+        if args.export_base:
+            return f"argument --export-base: only with --format savedmodel (--format {args.format} writes to --out)"
+        if args.out is None:
+            return f"the following arguments are required with --format {args.format}: --out"
+        if args.xla or any(v is not None for v in serving_defaults(args).given().values()):
+            return f"--xla and --default-*: SavedModel settings, not for --format {args.format}"
+    if args.quantize != "none" and args.format != "litert":
+        return f"argument --quantize: only with --format litert (not {args.format})"
     return None
 
 

@@ -74,6 +74,8 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     check_run_dir(args.run_dir, "export")
     quiet.import_tensorflow()
+    if args.format != "savedmodel":
+        return _export_portable(args)
     from tfchargen.savedmodel import export as export_lib
 
     with run_dir_errors(args.run_dir):
@@ -81,7 +83,56 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _export_portable(args) -> int:
+    """``export --format litert|tfjs|web``: the step model and manifest.json in ``--out``."""
+    with run_dir_errors(args.run_dir):
+        if args.format == "litert":
+            from tfchargen.portable import litert
+
+            litert.export(args.run_dir, args.out, quantize=args.quantize)
+        else:
+            import importlib
+
+            importlib.import_module(f"tfchargen.portable.{args.format}").export(args.run_dir, args.out)
+    return 0
+
+
+def portable_manifest(model: str, command: str) -> dict | None:
+    """The manifest of a portable export given as ``--model``, or None for anything else (a
+    SavedModel, or a path locate.py reports on). A folder that holds neither kind, or a
+    portable export this command cannot run, is a ValueError in one line."""
+    from tfchargen.portable import manifest as manifest_lib
+    from tfchargen.savedmodel.locate import is_export, is_run_dir
+
+    if not os.path.isdir(model) or is_export(model) or is_run_dir(model):
+        return None
+    if not os.path.exists(os.path.join(model, manifest_lib.FILENAME)):
+        raise FileNotFoundError(f"{model} holds neither a SavedModel (saved_model.pb or numbered versions) nor a "
+                                f"portable export ({manifest_lib.FILENAME}): give an export base, a version's "
+                                "directory or a `tfchargen export --format litert` folder")
+    m = manifest_lib.read(model)
+    if m["runtime"] != "litert":
+        how = (f"with `node export/js/generate.mjs {model}`" if m["runtime"] == "tfjs"
+               else "in a browser: serve the folder with any static file server and open index.html")
+        raise ValueError(f"{model} is a {m['runtime']} export: `tfchargen {command}` runs SavedModels and LiteRT "
+                         f"exports; run this one {how}")
+    return m
+
+
+def _litert_runtime(args):
+    """The LiteRT runtime of ``--model``'s folder (imports no TensorFlow)."""
+    from tfchargen.portable import litert
+
+    if args.version is not None:
+        raise ValueError(f"--version: {args.model} is a LiteRT export (one model, no versions)")
+    return litert.Runtime(args.model)
+
+
 def cmd_generate(args) -> int:
+    portable = args.model is not None and portable_manifest(args.model, "generate") is not None
+    if portable and args.stream:
+        raise ValueError(f"--stream: {args.model} is a LiteRT export; streaming needs a SavedModel's start and "
+                         "continue signatures (without --stream the LiteRT loop prints whole rows)")
     if args.stream:
         from tfchargen.cli.stream import cli_stream
         return cli_stream(args)
@@ -105,6 +156,10 @@ def cmd_generate(args) -> int:
         except ServingError as e:
             print(f"tfchargen generate: error: {with_failed_check(str(e))}", file=sys.stderr)
             return 2
+    elif portable:  # NumPy over the LiteRT interpreter: no TensorFlow in this process
+        from tfchargen.portable import loop
+
+        out = loop.generate(_litert_runtime(args), [r[0] for r in rows], controls)
     else:
         from tfchargen.savedmodel.call import call
 
@@ -132,6 +187,8 @@ def _print_samples(args, rows, out, table: bool) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    if args.model and portable_manifest(args.model, "evaluate") is not None:
+        return _evaluate_portable(args)
     if args.model:
         path = resolve_model(args.model, args.version, "evaluate")
     else:
@@ -162,6 +219,30 @@ def cmd_evaluate(args) -> int:
         result = evaluate.evaluate_dataset(rnn.model, pipeline.eval_dataset(text, vocab))
     unknown = sum(int(vocab.count_unknown(t).numpy().sum()) for t in text.batch(1024))
     print(json.dumps({**result, "unknown_chars": unknown, "data": args.data}))
+    return 0
+
+
+def _evaluate_portable(args) -> int:
+    """``evaluate --model`` on a LiteRT export: its step model scores the texts (loop.score);
+    TensorFlow only reads the data spec, as for a SavedModel."""
+    from tfchargen.portable import loop
+
+    runtime = _litert_runtime(args)
+    vocab = loop.Vocab(runtime.manifest)
+    quiet.import_tensorflow()
+    from tfchargen.data import sources
+    from tfchargen.training import evaluate
+
+    text = sources.load(args.data, args.field or "title", args.tfds_data_dir, bad_rows=args.bad_rows)
+    total = count = 0.0
+    unknown = 0
+    for batch in text.batch(256).as_numpy_iterator():
+        texts = batch.tolist()
+        out = loop.score(runtime, texts)
+        total -= float(out["log_prob"].astype("float64").sum())
+        count += float(out["num_chars"].sum())
+        unknown += sum(vocab.count_unknown(t) for t in texts)
+    print(json.dumps({**evaluate.metrics(total, count), "unknown_chars": unknown, "data": args.data}))
     return 0
 
 

@@ -186,16 +186,27 @@ def train_flags(t):
     serving_default_flags(t)
 
 
+EXPORT_FORMATS = ("savedmodel", "litert", "tfjs", "web")  # savedmodel: --export-base; the others: --out
+
+
 def export_flags(x):
     x.add_argument("--run-dir", required=True, help="the trained run to export")
-    x.add_argument("--export-base", required=True, help="e.g. models/chargen")
+    x.add_argument("--format", choices=EXPORT_FORMATS, default="savedmodel",
+                   help="savedmodel: the next version under --export-base (text in, text out); litert, tfjs, "
+                   "web: the ids-in/ids-out step model and manifest.json in --out (docs/other-languages.md) "
+                   "(default %(default)s)")
+    x.add_argument("--export-base", help="with --format savedmodel (required there), e.g. models/chargen")
+    x.add_argument("--out", help="with --format litert, tfjs or web (required there): the folder to write")
+    x.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="with --format litert: int8 = dynamic-range int8 weights (default %(default)s)")
     serving_default_flags(x)
 
 
 def generate_source_flags(gen):
     """Where generate's model is: a local SavedModel or a TF Serving server."""
     src = gen.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="export base (newest version) or one version's directory")
+    src.add_argument("--model", help="export base (newest version), one version's directory, or a LiteRT "
+                     "export's folder (`tfchargen export --format litert`)")
     src.add_argument("--server", help="TF Serving address: http://HOST:8501 (REST) or HOST:8500 with "
                      "--protocol grpc")
     gen.add_argument("--version", "--model-version", type=number(int, 0), dest="version",
@@ -234,7 +245,8 @@ def generate_flags(gen):
 def evaluate_flags(e):
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--run-dir", help="evaluate the run's Keras model")
-    src.add_argument("--model", help="evaluate an exported SavedModel through its score signature")
+    src.add_argument("--model", help="evaluate an exported SavedModel through its score signature, or a "
+                     "LiteRT export's folder through the LiteRT runtime")
     e.add_argument("--version", type=number(int, 0), help="version under --model (default: newest)")
     e.add_argument("--data", required=True, help="data spec, e.g. csv:PATH[6000:]")
     e.add_argument("--field", choices=config.FIELDS, help="default: title for --model, else the run's field")
@@ -259,12 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_flags(command("train", help="train (or resume) a run", formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train a character-level RNN; re-running the same command resumes an "
                         "interrupted run.", epilog=presets_epilog()))
-    export_flags(command("export", help="export a run as the next SavedModel version",
+    export_flags(command("export", help="export a run as the next SavedModel version, or for LiteRT or TF.js",
                          description="Write EXPORT_BASE/<next version>/ atomically (TF Serving layout), "
-                         "checked in the session-based loader before it becomes visible."))
-    generate_flags(command("generate", help="generate text with an exported SavedModel",
+                         "checked in the session-based loader before it becomes visible; or, with --format "
+                         "litert, tfjs or web, a portable export in --out."))
+    generate_flags(command("generate", help="generate text with an exported SavedModel or LiteRT export",
                            description="Runs the SavedModel's generate signature (not the Keras model), "
-                           "locally (--model) or on a TF Serving model server (--server)."))
+                           "locally (--model) or on a TF Serving model server (--server); or, for a LiteRT "
+                           "export's folder, the same loop in NumPy over the LiteRT interpreter (no TensorFlow)."))
 
     from tfchargen.serving import server  # its flags; TensorFlow loads only when `serve` runs
     server.add_arguments(command("serve", help="serve an export base over TF Serving's REST and gRPC APIs"))
