@@ -17,6 +17,7 @@ import threading
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, page_generate
 from helpers import IN_CI, ROOT, Background, cli_command, cli_env, run_together, skip_or_fail
 
 from tfchargen.generation import seeds
@@ -381,7 +382,6 @@ def test_the_web_page_generates_the_savedmodel_text_in_chromium(web_dir, static_
     nothing but its own folder's files."""
     import urllib.parse
 
-    from test_serve import CHROMIUM, page_generate  # the serve page's headless chromium driver
 
     if CHROMIUM is None:
         skip_or_fail("no chromium installed (apt-get install -y chromium); CI=true makes this a failure")
