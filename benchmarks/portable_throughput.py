@@ -21,6 +21,7 @@ prepare_run), so every row runs the full length:
     litert_int8       the same, exported with --quantize int8 (dynamic-range int8 weights)
     tfjs_node         `node export/js/bench.mjs DIR` (@tensorflow/tfjs, CPU backend), one
                       process per round; its own timing of one generate call
+    tfjs_node_wasm    the same with `--backend wasm` (@tensorflow/tfjs-backend-wasm)
 
 Reported per (model, method, batch): chars/s (median over --rounds alternating rounds, each
 method in turn so the machine's drifting load falls on all alike; each round runs a method
@@ -32,7 +33,8 @@ On the trained (not the <eos>-suppressed) weights of each model:
 
     agreement   --agreement-rows held-out title starts x --agreement-length characters,
                 greedy and seeded (temperature 1): the fraction of rows whose LiteRT text
-                (float, and int8) equals the SavedModel's byte for byte
+                (float, and int8) and TF.js text (`node export/js/generate.mjs DIR --backend
+                wasm`, all rows in one process) equals the SavedModel's byte for byte
     nats/char   held-out rows 6001-7600 (titles) scored by the SavedModel's `score`
                 signature and by LiteRT float and int8 (portable.loop.score)
 
@@ -71,8 +73,11 @@ MODELS = {  # name -> `tfchargen train` flags of its brief training
     "readme": ["--units", "512", "--embedding-dim", "64", "--batch-size", "64", "--learning-rate", "3e-3",
                "--steps-per-epoch", "80", "--epochs", "3"],
 }
-METHODS = ("savedmodel", "savedmodel_xla", "litert_float", "litert_int8", "tfjs_node")
+METHODS = ("savedmodel", "savedmodel_xla", "litert_float", "litert_int8", "tfjs_node", "tfjs_node_wasm")
+TFJS_BACKENDS = {"tfjs_node": "cpu", "tfjs_node_wasm": "wasm"}  # method -> bench.mjs --backend
+AGREEMENT_BACKEND = "wasm"  # generate.mjs --backend for the TF.js agreement rows
 BENCH_JS = os.path.join(common.REPO, "export", "js", "bench.mjs")
+GENERATE_JS = os.path.join(common.REPO, "export", "js", "generate.mjs")
 
 
 def dir_bytes(path) -> int:
@@ -120,10 +125,10 @@ def litert_method(path):
     return make
 
 
-def tfjs_round(path, batch, length):
+def tfjs_round(path, batch, length, backend):
     """One `node export/js/bench.mjs` process: its JSON line."""
     r = subprocess.run(["node", BENCH_JS, path, "--batch", str(batch), "--length", str(length), "--rounds", "1",
-                        "--temperature", "1", "--seed", "1", "--prompt", PROMPT],
+                        "--temperature", "1", "--seed", "1", "--prompt", PROMPT, "--backend", backend],
                        capture_output=True, text=True, timeout=1200)
     if r.returncode != 0:
         raise RuntimeError(f"bench.mjs failed: {r.stderr.strip()[-500:]}")
@@ -147,8 +152,9 @@ def measure(makes, tfjs_dir, batch, length, rounds):
         calls[name], info = make(batch)
         calls[name](length)  # first call: tracing, allocation
         out[name] = {**info, "first_char_seconds": first_char_seconds(calls[name]), "rates": []}
-    if tfjs_dir:
-        out["tfjs_node"] = {"rates": [], "first_char_seconds_all": [], "load_seconds_all": []}
+    tfjs_methods = TFJS_BACKENDS if tfjs_dir else {}
+    for name in tfjs_methods:
+        out[name] = {"rates": [], "first_char_seconds_all": [], "load_seconds_all": []}
     for _ in range(rounds):
         for name, call in calls.items():
             spent, chars = 0.0, 0
@@ -157,14 +163,14 @@ def measure(makes, tfjs_dir, batch, length, rounds):
                 chars += call(length)
                 spent += time.perf_counter() - t0
             out[name]["rates"].append(chars / spent)
-        if tfjs_dir:
-            js = tfjs_round(tfjs_dir, batch, length)
-            out["tfjs_node"]["rates"].append(js["chars_per_second"])
-            out["tfjs_node"]["first_char_seconds_all"] += js["first_char_seconds"]
-            out["tfjs_node"]["load_seconds_all"].append(js["load_seconds"])
-            out["tfjs_node"]["backend"] = js["backend"]
-    if tfjs_dir:
-        js = out["tfjs_node"]
+        for name, backend in tfjs_methods.items():
+            js = tfjs_round(tfjs_dir, batch, length, backend)
+            out[name]["rates"].append(js["chars_per_second"])
+            out[name]["first_char_seconds_all"] += js["first_char_seconds"]
+            out[name]["load_seconds_all"].append(js["load_seconds"])
+            out[name]["backend"] = js["backend"]
+    for name in tfjs_methods:
+        js = out[name]
         js["first_char_seconds"] = statistics.median(js.pop("first_char_seconds_all"))
         js["load_seconds"] = statistics.median(js.pop("load_seconds_all"))
     base = statistics.median(out["savedmodel"]["rates"])
@@ -181,13 +187,34 @@ def heldout_titles(data):
     return [t.decode("utf-8") for t in titles.as_numpy_iterator()]
 
 
-def agreement(savedmodel_dir, litert_dirs, prompts, length, chunk=250):
+def tfjs_texts(path, prompts, length, temperature):
+    """`node export/js/generate.mjs` over every prompt in one process: row i's text, seed row_seed(1, i)."""
+    cmd = ["node", GENERATE_JS, path, "--backend", AGREEMENT_BACKEND, "--max-length", str(length),
+           "--temperature", str(temperature), "--seed", "1"]
+    for prompt in prompts:
+        cmd += ["--prompt", prompt]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"generate.mjs failed: {r.stderr.strip()[-500:]}")
+    lines = r.stdout.split("\n")[:-1]
+    if len(lines) != len(prompts):
+        raise RuntimeError(f"generate.mjs printed {len(lines)} lines for {len(prompts)} prompts")
+    return lines
+
+
+def first_difference(got, want):
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+def agreement(savedmodel_dir, litert_dirs, prompts, length, tfjs_dir=None, chunk=250):
     sig = tf.saved_model.load(savedmodel_dir).signatures["generate"]
     runtimes = {k: litert.Runtime(d) for k, d in litert_dirs.items()}
+    names = [*runtimes, *(["tfjs_node_" + AGREEMENT_BACKEND] if tfjs_dir else [])]
     report = {}
     for mode, temperature in (("greedy", 0.0), ("seeded", 1.0)):
-        same = {k: 0 for k in runtimes}
-        first_diff = {k: [] for k in runtimes}
+        same = {k: 0 for k in names}
+        first_diff = {k: [] for k in names}
+        wants = []
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
             n = len(part)
@@ -195,6 +222,7 @@ def agreement(savedmodel_dir, litert_dirs, prompts, length, chunk=250):
             want = sig(prompt=tf.constant(part), max_length=tf.fill([n], length), temperature=tf.fill([n], temperature),
                        top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]),
                        seed=tf.constant(row_seeds, tf.int64))["text"].numpy().tolist()
+            wants += want
             c = Controls(max_length=length, temperature=temperature, seed=row_seeds)
             for k, rt in runtimes.items():
                 got = loop.generate(rt, part, c)["text"]
@@ -202,11 +230,18 @@ def agreement(savedmodel_dir, litert_dirs, prompts, length, chunk=250):
                     if g == w:
                         same[k] += 1
                     else:
-                        first_diff[k].append(next((i for i, (a, b) in enumerate(zip(g, w)) if a != b),
-                                                  min(len(g), len(w))))
+                        first_diff[k].append(first_difference(g, w))
+        if tfjs_dir:
+            k = names[-1]
+            for g, w in zip(tfjs_texts(tfjs_dir, prompts, length, temperature), wants):
+                g = g.encode("utf-8")
+                if g == w:
+                    same[k] += 1
+                else:
+                    first_diff[k].append(first_difference(g, w))
         report[mode] = {k: {"rows": len(prompts), "identical": same[k], "identical_fraction": same[k] / len(prompts),
                             "median_first_difference_byte": statistics.median(first_diff[k]) if first_diff[k] else None}
-                        for k in runtimes}
+                        for k in names}
     return report
 
 
@@ -252,8 +287,8 @@ def bench_model(name, run_dir, args, tmp):
              "litert_int8": litert_method(dirs["litert_int8"])}
     sizes = {k: dir_bytes(os.path.join(d, "model.tflite") if k.startswith("litert") else d) for k, d in dirs.items()}
     if tfjs_dir:
-        sizes["tfjs_node"] = sum(dir_bytes(os.path.join(tfjs_dir, f)) for f in os.listdir(tfjs_dir)
-                                 if f == "model.json" or f.endswith(".bin"))
+        files = [f for f in os.listdir(tfjs_dir) if f == "model.json" or f.endswith(".bin")]
+        sizes["tfjs_node"] = sizes["tfjs_node_wasm"] = sum(dir_bytes(os.path.join(tfjs_dir, f)) for f in files)
     throughput = {}
     for batch in args.batches:
         print(f"{name}: batch {batch}", flush=True)
@@ -267,10 +302,12 @@ def bench_model(name, run_dir, args, tmp):
                "litert_float": litert.export(run_dir, os.path.join(work, "t_litert"), log=quiet_log),
                "litert_int8": litert.export(run_dir, os.path.join(work, "t_litert8"), quantize="int8",
                                             log=quiet_log)}
+    if tfjs_dir:
+        trained["tfjs"] = tfjs.export(run_dir, os.path.join(work, "t_tfjs"), log=quiet_log)
     titles = heldout_titles(args.data)
     prompts = [t[:args.prompt_chars] for t in titles[:args.agreement_rows]]
     litert_dirs = {k: trained[k] for k in ("litert_float", "litert_int8")}
-    agree = agreement(trained["savedmodel"], litert_dirs, prompts, args.agreement_length)
+    agree = agreement(trained["savedmodel"], litert_dirs, prompts, args.agreement_length, trained.get("tfjs"))
     print(f"{name}: agreement {json.dumps(agree)}", flush=True)
     nats = nats_per_char(trained["savedmodel"], litert_dirs, titles)
     print(f"{name}: nats/char {json.dumps(nats)}", flush=True)
@@ -308,7 +345,8 @@ def main(argv=None):
             "config": {"prompt": PROMPT, "length": args.length, "batches": args.batches, "rounds": args.rounds,
                        "temperature": 1.0, "agreement_rows": args.agreement_rows,
                        "agreement_length": args.agreement_length, "prompt_chars": args.prompt_chars,
-                       "train_flags": MODELS, "litert_threads": "interpreter default"},
+                       "train_flags": MODELS, "litert_threads": "interpreter default",
+                       "tfjs_backends": TFJS_BACKENDS, "tfjs_agreement_backend": AGREEMENT_BACKEND},
             "results": results,
         }, machine={**machine, "loadavg_end": list(os.getloadavg()),
                     "ai_edge_litert": common._version("ai-edge-litert"),
