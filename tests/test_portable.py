@@ -93,7 +93,7 @@ def test_a_folder_without_a_model_is_one_line(capsys, tmp_path):
     for command in (["generate", "--model", tmp_path], ["evaluate", "--model", tmp_path, "--data", "csv:x"]):
         assert cli.main([str(a) for a in command]) == 2
         lines = capsys.readouterr().err.splitlines()
-        assert len(lines) == 1 and "holds neither a SavedModel" in lines[0] and "manifest.json" in lines[0], lines
+        assert len(lines) == 1 and "holds no model versions" in lines[0] and "manifest.json" in lines[0], lines
 
 
 # -- slow: a LiteRT export of the tiny run -------------------------------------------------------

@@ -107,7 +107,7 @@ def portable_manifest(model: str, command: str) -> dict | None:
     if not os.path.isdir(model) or is_export(model) or is_run_dir(model):
         return None
     if not os.path.exists(os.path.join(model, manifest_lib.FILENAME)):
-        raise FileNotFoundError(f"{model} holds neither a SavedModel (saved_model.pb or numbered versions) nor a "
+        raise FileNotFoundError(f"{model} holds no model versions (numbered directories or saved_model.pb) and no "
                                 f"portable export ({manifest_lib.FILENAME}): give an export base, a version's "
                                 "directory or a `tfchargen export --format litert` folder")
     m = manifest_lib.read(model)
