@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfchargen.data.vocab import EOS, PAD
 from tfchargen.model.charrnn import STATES_PER_CELL, CharRNN
 from tfchargen.training import rundir
 
@@ -93,9 +94,5 @@ def step_functions(rnn: CharRNN):
 def load(run_dir) -> StepModel:
     """The StepModel of a trained run (its final or newest weights)."""
     cfg, vocab, rnn = rundir.load_trained(run_dir, use_cudnn=False)  # as savedmodel/export.py
-    with open(vocab.path, encoding="utf-8") as f:
-        entries = f.read().split("\n")
-    if entries and entries[-1] == "":
-        entries.pop()
     step, named_step = step_functions(rnn)
-    return StepModel(str(run_dir), cfg, entries, rnn, step, named_step)
+    return StepModel(str(run_dir), cfg, [PAD, *vocab.chars, EOS], rnn, step, named_step)
