@@ -95,7 +95,8 @@ def _never_ending_job(name):
     root = os.path.join(_scratch, name)
     return Background([sys.executable, "-c", NEVER_ENDING_EXPORT, os.path.join(root, "run"),
                        os.path.join(root, "chargen"), *NEVER_ENDING[name]],
-                      env=cli_env({"PYTHONPATH": str(ROOT / "tests")}))
+                      env=cli_env({"PYTHONPATH": os.pathsep.join(  # helpers, and this checkout's tfchargen
+                          filter(None, [str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH")]))}))
 
 
 def _train_command():
