@@ -126,11 +126,15 @@ class Vocabulary(tf.Module):
 
     def encode(self, text: tf.Tensor) -> tf.RaggedTensor:
         """[B] strings -> [B, (len)] int32 ids; unknown characters are dropped, U+001E -> <eos>."""
+        # On the flat characters, then one ragged tensor from row splits: the ragged forms of
+        # where and boolean_mask add hundreds of graph nodes to every call of a signature.
         chars = self.chars_of(text)
-        ids = tf.ragged.map_flat_values(self.char_to_id.lookup, chars)
-        ids = tf.where(chars == SEGMENT_SEPARATOR, tf.cast(self.eos_id, tf.int64), ids)
-        ids = tf.ragged.boolean_mask(ids, ids >= 0)
-        return tf.cast(ids, tf.int32)
+        flat = chars.flat_values
+        ids = tf.where(flat == SEGMENT_SEPARATOR, tf.cast(self.eos_id, tf.int64), self.char_to_id.lookup(flat))
+        known = ids >= 0
+        kept_before = tf.concat([[0], tf.cumsum(tf.cast(known, tf.int64))], 0)  # known ids before each position
+        return tf.RaggedTensor.from_row_splits(tf.cast(tf.boolean_mask(ids, known), tf.int32),
+                                               tf.gather(kept_before, chars.row_splits), validate=False)
 
     def count_unknown(self, text: tf.Tensor) -> tf.Tensor:
         """Number of characters per string that the vocabulary does not know."""
@@ -142,6 +146,8 @@ class Vocabulary(tf.Module):
         """[B, T] (dense or ragged) ids -> [B] strings; pad and eos decode to nothing."""
         ids = tf.cast(ids, tf.int64)
         keep = (ids > PAD_ID) & (ids < self.eos_id)
+        if not isinstance(ids, tf.RaggedTensor):  # dense (generation): a few ops, no ragged ones
+            return tf.strings.reduce_join(tf.where(keep, self.id_to_char.lookup(ids), ""), axis=-1)
         ids = tf.ragged.boolean_mask(ids, keep)
         chars = tf.ragged.map_flat_values(self.id_to_char.lookup, ids)
         return tf.strings.reduce_join(chars, axis=-1)

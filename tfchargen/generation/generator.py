@@ -116,11 +116,26 @@ class Generator(tf.Module):
 
     # -- numeric part (XLA-able) ------------------------------------------------------
     def _prompt_pass(self, ids, lengths):
-        """Runs the RNN once over padded prompts; returns last-position logits and states."""
-        out = self.rnn.stepper([ids, *self.rnn.zero_states(tf.shape(ids)[0])], training=False)
-        logits, states = out[0], list(out[1:])
-        last = tf.gather(logits, tf.maximum(lengths - 1, 0)[:, None], batch_dims=1)[:, 0]
-        return last, states
+        """Runs the cells over padded prompts [B, T] (``lengths`` >= 1 real characters per
+        row); returns the logits after each row's last character and its states.
+
+        The generation step's own cells and input table in a loop that carries only the
+        states, each row's frozen once its characters end, and applies the head once: per
+        character, a handful of graph nodes instead of a Keras sequence layer's step.
+        """
+        table = self.rnn.input_table()
+        by_step = tf.transpose(ids)  # [T, B]: one read per step
+
+        def body(t, states):
+            live = (t < lengths)[:, None]
+            new = self.rnn.cells_step(by_step[t], states, table)
+            return t + 1, [tf.where(live, n, s) for n, s in zip(new, states)]
+
+        longest = tf.reduce_max(lengths)
+        _, states = tf.while_loop(lambda t, _: t < longest, body,
+                                  (tf.constant(0), self.rnn.zero_states(tf.shape(ids)[0])),
+                                  maximum_iterations=tf.shape(ids)[1])
+        return self.rnn.head(self.rnn.last_output(states)), states
 
     def _decode(self, ids, lengths, controls: ControlTensors):
         logits, states = self._prompt_pass(ids, lengths)

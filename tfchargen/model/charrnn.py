@@ -146,6 +146,15 @@ class CharRNN:
         pays only for the matmuls. With ``table`` (from :meth:`input_table`) the first
         layer gathers its input projection. Same weights as ``model`` and ``stepper``.
         """
+        new = self.cells_step(ids, states, table)
+        return self.head(self.last_output(new)), new
+
+    def last_output(self, states):
+        """[B, units]: the last layer's output, the first of its states (h for every cell)."""
+        return states[-STATES_PER_CELL[self.cell]]
+
+    def cells_step(self, ids, states, table=None):
+        """:meth:`step` without the head: ids [B] -> the new states."""
         k = STATES_PER_CELL[self.cell]
         new = []
         for i, rnn in enumerate(self.rnns):
@@ -156,7 +165,7 @@ class CharRNN:
                 x = self.embed(ids) if i == 0 else x
                 x, st = rnn.cell(x, own if k > 1 else own[0], training=False)
             new += list(st) if isinstance(st, (list, tuple)) else [st]
-        return self.head(x), new
+        return new
 
 
 def _cell_from_projection(cell, xw, states):
