@@ -126,15 +126,16 @@ class Generator(tf.Module):
         table = self.rnn.input_table()
         by_step = tf.transpose(ids)  # [T, B]: one read per step
 
+        live_at = tf.expand_dims(tf.transpose(tf.sequence_mask(lengths, tf.shape(ids)[1])), -1)  # [T, B, 1]
+
         def body(t, states):
-            live = (t < lengths)[:, None]
-            new = self.rnn.cells_step(by_step[t], states, table)
+            live = tf.gather(live_at, t)
+            new = self.rnn.cells_step(tf.gather(by_step, t), states, table)
             return t + 1, [tf.where(live, n, s) for n, s in zip(new, states)]
 
-        longest = tf.reduce_max(lengths)
+        longest = tf.reduce_max(lengths)  # <= T: the loop's bound
         _, states = tf.while_loop(lambda t, _: t < longest, body,
-                                  (tf.constant(0), self.rnn.zero_states(tf.shape(ids)[0])),
-                                  maximum_iterations=tf.shape(ids)[1])
+                                  (tf.constant(0), self.rnn.zero_states(tf.shape(ids)[0])))
         return self.rnn.head(self.rnn.last_output(states)), states
 
     def _decode(self, ids, lengths, controls: ControlTensors):
